@@ -1,0 +1,5 @@
+import sys
+
+from promptcouple.cli import main
+
+sys.exit(main())
