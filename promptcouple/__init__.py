@@ -1,3 +1,36 @@
-"""promptcouple: coupled hard+soft prompts and generic attribute anchors for CLIP-style video models."""
+"""promptcouple: coupled hard+soft prompts and generic attribute anchors for CLIP-style video models.
+
+Wrap a CLIP in two lines, train only the prompts, keep the model recognising classes it was never
+tuned on (GA2-CLIP, arXiv 2511.22125)::
+
+    model = pc.CouplingPromptWrapper(clip, pc.CouplingConfig(), hard_prompts="k400_base.safetensors")
+    logits = model(frames, classnames)          # frames (B, T, 3, H, W)
+"""
 
 __version__ = "0.1.0"
+
+from promptcouple.adapters import UnsupportedHostError
+from promptcouple.anchors import AnchorRegularizer
+from promptcouple.config import CouplingConfig
+from promptcouple.io import PromptFile, load_prompts, save_prompts
+from promptcouple.wrapper import CouplingPromptWrapper
+
+__all__ = [
+    "AnchorRegularizer",
+    "CouplingConfig",
+    "CouplingPromptWrapper",
+    "PromptFile",
+    "UnsupportedHostError",
+    "convert_checkpoint",
+    "load_prompts",
+    "save_prompts",
+]
+
+
+def __getattr__(name: str):
+    # The converter pulls in torch.load machinery only when asked for.
+    if name == "convert_checkpoint":
+        from promptcouple.convert import convert_checkpoint
+
+        return convert_checkpoint
+    raise AttributeError(f"module 'promptcouple' has no attribute {name!r}")

@@ -1,0 +1,174 @@
+"""Generic attribute anchors (GAA): irrelevant videos and their labels keep the semantic space open.
+
+Prompt tuning on a few base classes narrows CLIP's space to those classes. Clips of *irrelevant*
+classes and their labels as negative prompts ("a video of a person {label}.", encoded by the
+frozen text tower) anchor the generic attributes of the pre-trained space. METHOD.md section 2
+shows that the released computation has no effect with its single anchor label, so this module
+offers two terms that act, and the released one for comparison:
+
+* ``"consistency"`` (default): on anchor clips, the prompted model's distribution over the anchor
+  labels stays close (KL) to the frozen model's; optionally also its features (cosine distance).
+* ``"negative"``: anchor clips must be classified into their own labels over the joint label set
+  [training classes + anchor labels], so the class prompts cannot absorb generic attributes.
+* ``"reference"``: ``logit[b, k] += alpha * scale * (a . u)`` exactly as released; see
+  ``adjust_logits``. With one anchor label this adds a constant to every logit: zero gradient.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("consistency", "negative", "reference")
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+class AnchorRegularizer(nn.Module):
+    """The anchor term of GA2-CLIP, in a form whose gradient is not zero.
+
+    Args:
+        wrapper: The ``CouplingPromptWrapper`` being trained.
+        anchor_labels: Names of the irrelevant anchor classes (the negative prompts).
+        mode: ``"consistency"``, ``"negative"`` or ``"reference"`` (see the module docstring).
+        weight: Multiplies the returned loss (consistency/negative modes).
+        classnames: Training classes; needed by ``"negative"`` when no ``class_features`` are
+            passed, and checked for overlap with the anchor labels (leakage).
+        template: Hand-crafted template of the negative prompts.
+        anchor_text: In ``"consistency"`` mode, which text the prompted side compares against:
+            ``"prompted"`` (anchor labels through the prompted text tower: constrains both towers)
+            or ``"frozen"`` (the negative prompts themselves: constrains the vision prompts only).
+        feature_weight: Weight of ``1 - cos(prompted, frozen)`` anchor video features (consistency).
+        alpha: Scale of the released term (reference mode).
+    """
+
+    def __init__(self, wrapper: nn.Module, anchor_labels: Sequence[str], *, mode: str = "consistency",
+                 weight: float = 1.0, classnames: Optional[Sequence[str]] = None,
+                 template: str = "a video of a person {}.", anchor_text: str = "prompted",
+                 feature_weight: float = 0.0, alpha: float = 1.0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        if anchor_text not in ("prompted", "frozen"):
+            raise ValueError(f"anchor_text={anchor_text!r}: expected 'prompted' or 'frozen'")
+        labels = list(anchor_labels)
+        if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise ValueError("anchor_labels must be a non-empty list of non-empty strings")
+        if "{}" not in template:
+            raise ValueError(f"template {template!r} has no '{{}}' for the label")
+        # Not a submodule: the regulariser must not own (or save) the model it regularises.
+        object.__setattr__(self, "wrapper", wrapper)
+        self.anchor_labels = labels
+        self.mode, self.weight, self.template = mode, float(weight), template
+        self.anchor_text, self.feature_weight, self.alpha = anchor_text, float(feature_weight), float(alpha)
+        self.classnames = list(classnames) if classnames is not None else None
+        self.register_buffer("_frozen_text", None, persistent=False)
+        if self.classnames is not None:
+            self.check_leakage(self.classnames, "training")
+        if mode == "reference":
+            if len(labels) == 1:
+                warnings.warn("AnchorRegularizer(mode='reference') with one anchor label adds the same number "
+                              "to every logit: under cross-entropy its gradient is exactly zero and it has "
+                              "no effect (as in the released GA2-CLIP code). Use mode='consistency' or "
+                              "'negative' for a term that acts.", stacklevel=2)
+            elif self.classnames is not None and len(labels) != len(self.classnames):
+                raise ValueError(f"reference mode broadcasts {len(labels)} anchor labels over "
+                                 f"{len(self.classnames)} classes: the released code crashes here; "
+                                 "it runs only with 1 label or as many labels as classes")
+
+    def check_leakage(self, names: Sequence[str], role: str = "evaluation") -> list[str]:
+        """Warn about (and return) anchor labels that are also ``role`` class names."""
+        overlap = sorted({_norm_name(n) for n in names} & {_norm_name(a) for a in self.anchor_labels})
+        if overlap:
+            warnings.warn(f"{len(overlap)} anchor label(s) are also {role} class names, which leaks "
+                          f"those classes into the anchors: {overlap[:10]}", stacklevel=2)
+        return overlap
+
+    # ----------------------------------------------------------------------------------------
+
+    def frozen_text_features(self) -> torch.Tensor:
+        """Negative prompts through the frozen, un-prompted text tower: computed once, then cached."""
+        w = self.wrapper
+        device = w.spec.token_embedding.weight.device
+        if self._frozen_text is None or self._frozen_text.device != device:
+            ids = w.tokenizer([self.template.format(x.replace("_", " ")) for x in self.anchor_labels]).to(device)
+            with torch.no_grad(), w.prompts_disabled():
+                self._frozen_text = w.spec.encode_text(ids).float()
+        return self._frozen_text
+
+    def _video(self, clips: torch.Tensor):
+        if self.wrapper.video_specific:
+            return self.wrapper.encode_video(clips, return_tokens=True)
+        return self.wrapper.encode_video(clips), None
+
+    def _specialize(self, text: torch.Tensor, tokens) -> torch.Tensor:
+        return self.wrapper.model.specialize_text(text, tokens) if tokens is not None else text
+
+    def forward(self, anchor_clips: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                class_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The weighted loss term for a batch of anchor clips ``(B, T, C, H, W)``.
+
+        Args:
+            anchor_clips: Clips of the irrelevant anchor classes.
+            labels: Their indices into ``anchor_labels`` (``"negative"`` mode only).
+            class_features: The step's prompted class features ``(K, D)`` or ``(B, K, D)``
+                (``"negative"`` mode; saves re-encoding the training classes).
+        """
+        if self.mode == "reference":
+            raise RuntimeError("reference mode acts on the classification logits: use "
+                               "logits = regularizer.adjust_logits(logits, anchor_clips)")
+        w = self.wrapper
+        frozen_text = self.frozen_text_features()
+        video, tokens = self._video(anchor_clips)
+        if self.mode == "negative":
+            if labels is None:
+                raise ValueError("negative mode needs the anchor clips' labels (indices into anchor_labels)")
+            labels = torch.as_tensor(labels, device=video.device)
+            if labels.min() < 0 or labels.max() >= len(self.anchor_labels):
+                raise ValueError(f"anchor labels must lie in [0, {len(self.anchor_labels)}), "
+                                 f"got {labels.min().item()}..{labels.max().item()}")
+            if class_features is None:
+                if self.classnames is None:
+                    raise ValueError("negative mode needs class_features= or classnames= at construction")
+                class_features = w.encode_text(self.classnames)
+            classes = self._specialize(class_features, tokens) if class_features.ndim == 2 else class_features
+            negatives = self._specialize(frozen_text.to(classes.dtype), tokens)
+            joint = torch.cat([classes, negatives], dim=-2)
+            logits = w.logits(video, joint)
+            return self.weight * F.cross_entropy(logits.float(), labels + classes.shape[-2])
+
+        # consistency: the frozen model's view of the anchors is the target
+        with torch.no_grad(), w.prompts_disabled():
+            frozen_video, frozen_tokens = self._video(anchor_clips)
+            target = w.logits(frozen_video, self._specialize(frozen_text.to(frozen_video.dtype), frozen_tokens))
+        text = w.encode_text(self.anchor_labels) if self.anchor_text == "prompted" else frozen_text
+        logits = w.logits(video, self._specialize(text.to(video.dtype), tokens))
+        loss = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(target.float(), -1),
+                        log_target=True, reduction="batchmean")
+        if self.feature_weight:
+            loss = loss + self.feature_weight * (1 - F.cosine_similarity(video.float(), frozen_video.float(), -1)).mean()
+        return self.weight * loss
+
+    def adjust_logits(self, logits: torch.Tensor, anchor_clips: torch.Tensor) -> torch.Tensor:
+        """The released computation: ``logits + scale * alpha * (a . u)`` for one anchor clip.
+
+        ``logits`` are the wrapper's scaled logits ``(B, K)`` of the training clips; ``a`` is the
+        prompted feature of the single anchor clip, ``u`` the frozen features of the anchor labels
+        (both normalised). The ``(1, M)`` term is broadcast over ``(B, K)`` as in the original.
+        """
+        if self.mode != "reference":
+            raise RuntimeError(f"adjust_logits is the reference mode's form; this regulariser is mode={self.mode!r}")
+        if anchor_clips.shape[0] != 1:
+            raise ValueError(f"the released code appends exactly one anchor clip per batch, got {anchor_clips.shape[0]}")
+        m, k = len(self.anchor_labels), logits.shape[-1]
+        if m not in (1, k):
+            raise ValueError(f"{m} anchor labels cannot broadcast over {k} classes (the released code crashes here)")
+        video = F.normalize(self.wrapper.encode_video(anchor_clips), dim=-1)
+        neg = video @ F.normalize(self.frozen_text_features().to(video.dtype), dim=-1).t()  # (1, M)
+        return logits + self.wrapper.logit_scale * self.alpha * neg

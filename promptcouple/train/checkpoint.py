@@ -1,0 +1,102 @@
+"""Training checkpoints: written atomically, restored exactly, readable with ``weights_only=True``.
+
+A checkpoint holds the prompt state (``wrapper.prompts.state_dict()``), the optimizer, scheduler and
+grad-scaler states, the epoch and global step, every RNG state (torch, CUDA, numpy, python and the
+data-order generator) and the config. RNG states are stored as tensors and plain lists so loading
+never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+FORMAT = "promptcouple.train_checkpoint"
+FORMAT_VERSION = 1
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``.
+
+    A crash or error at any point leaves the previous file at ``path`` untouched: the rename is
+    atomic on POSIX and Windows, and the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not possible (nor needed) on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rng_state(data_generator: Optional[torch.Generator] = None) -> dict:
+    """Every RNG state as tensors and plain Python values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if data_generator is not None:
+        state["data"] = data_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, data_generator: Optional[torch.Generator] = None) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "data" in state and data_generator is not None:
+        data_generator.set_state(state["data"])
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read a training checkpoint (``weights_only=True``) and check its format.
+
+    Raises:
+        ValueError: The file is not a promptcouple training checkpoint, or a newer one.
+    """
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a promptcouple training checkpoint "
+                         "(a prompt file is loaded with wrapper.load_prompts, not --resume)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this "
+                         f"promptcouple reads ({FORMAT_VERSION}); upgrade promptcouple")
+    return ckpt

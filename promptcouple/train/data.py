@@ -1,0 +1,249 @@
+"""Datasets of a training config, built (and so checked) before any model is loaded.
+
+Three sources, each giving items ``(frames (T, 3, H, W), label)`` in training and
+``(frames (V, T, 3, H, W), label)`` in evaluation:
+
+* list files read by :class:`promptcouple.data.VideoListDataset` (ViFi-CLIP / GA2-CLIP lists);
+* clip files: pre-decoded clips in one ``.safetensors`` file (:class:`ClipTensorDataset`), handy for
+  tests, for clips decoded once and reused, and for data that never was a video;
+* the generated world (:mod:`promptcouple.world`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from promptcouple.train.config import ConfigError, TrainConfig
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# CLIP's normalisation, applied to uint8 clip files (float files are stored ready to use).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipTensorDataset(Dataset):
+    """Pre-decoded clips stored in one ``.safetensors`` file.
+
+    The file holds ``frames`` ``(N, T, 3, H, W)`` (or ``(N, V, T, 3, H, W)`` with views), float
+    (used as is) or uint8 (scaled to [0, 1] and normalised with CLIP's mean and std), ``labels``
+    ``(N,)`` integers, and optionally the class names as JSON in the metadata key ``classnames``.
+    Write one with :func:`write_clip_file`.
+
+    Args:
+        path: The file.
+        labels_csv: Label CSV (``id,name``); overrides the names stored in the file.
+        train: Training items are one view ``(T, 3, H, W)`` (the first view of a multi-view file);
+            evaluation items are ``(V, T, 3, H, W)``.
+
+    Raises:
+        ValueError: Missing tensors, wrong shapes, no clips, or labels outside the class range.
+    """
+
+    def __init__(self, path: PathLike, labels_csv: Optional[PathLike] = None, *, train: bool = True):
+        from safetensors import safe_open
+
+        self.path, self.train = str(path), train
+        with safe_open(self.path, framework="pt") as f:
+            keys, meta = set(f.keys()), f.metadata() or {}
+            missing = {"frames", "labels"} - keys
+            if missing:
+                raise ValueError(f"clip file {self.path!r} lacks tensor(s) {sorted(missing)}; "
+                                 "expected 'frames' (N, T, 3, H, W) and 'labels' (N,)")
+            frames, labels = f.get_tensor("frames"), f.get_tensor("labels")
+        if frames.ndim == 5:
+            frames = frames.unsqueeze(1)
+        if frames.ndim != 6 or frames.shape[3] != 3:
+            raise ValueError(f"clip file {self.path!r}: frames have shape {tuple(frames.shape)}, "
+                             "expected (N, T, 3, H, W) or (N, V, T, 3, H, W)")
+        if labels.ndim != 1 or labels.shape[0] != frames.shape[0] or labels.is_floating_point():
+            raise ValueError(f"clip file {self.path!r}: labels must be ({frames.shape[0]},) integers, "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        if frames.shape[0] == 0:
+            raise ValueError(f"clip file {self.path!r} holds no clips")
+        if labels_csv is not None:
+            from promptcouple.data.lists import read_label_csv
+
+            self.classnames = read_label_csv(labels_csv)
+        elif "classnames" in meta:
+            self.classnames = list(json.loads(meta["classnames"]))
+        else:
+            raise ValueError(f"clip file {self.path!r} stores no class names; give a label CSV")
+        k = len(self.classnames)
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"clip file {self.path!r}: labels span {labels.min().item()}..{labels.max().item()} "
+                             f"but there are {k} classes (ids 0..{k - 1})")
+        self.frames, self.labels = frames, labels.long()
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __getitem__(self, index: int):
+        clip = self.frames[index]
+        if clip.dtype == torch.uint8:
+            mean = torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1)
+            std = torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1)
+            clip = (clip.float() / 255 - mean) / std
+        else:
+            clip = clip.float()
+        return (clip[0] if self.train else clip), int(self.labels[index])
+
+
+def write_clip_file(path: PathLike, frames: torch.Tensor, labels: Sequence[int],
+                    classnames: Optional[Sequence[str]] = None) -> None:
+    """Write clips for :class:`ClipTensorDataset` (``frames`` ``(N, [V,] T, 3, H, W)``)."""
+    from safetensors.torch import save_file
+
+    meta = {"classnames": json.dumps(list(classnames))} if classnames is not None else None
+    save_file({"frames": frames.contiguous(), "labels": torch.as_tensor(labels, dtype=torch.long)},
+              str(path), metadata=meta)
+
+
+@dataclass
+class EvalSet:
+    """One evaluation set: its dataset and the class names its labels index."""
+
+    dataset: Dataset
+    classnames: list[str]
+
+
+@dataclass
+class Datasets:
+    """Everything a run reads: training set, evaluation sets by name, anchors."""
+
+    train: Dataset
+    classnames: list[str]
+    evals: dict[str, EvalSet] = field(default_factory=dict)
+    anchor: Optional[Dataset] = None
+    anchor_labels: Optional[list[str]] = None
+
+    @property
+    def base_to_novel(self) -> bool:
+        return "base" in self.evals and "novel" in self.evals
+
+
+def _list_dataset(list_file: str, labels: Optional[str], root: Optional[str], cfg: TrainConfig, *,
+                  train: bool, key: str) -> Dataset:
+    """A list-file or clip-file dataset; any data error is re-raised naming the config key."""
+    try:
+        if list_file.endswith(".safetensors"):
+            return ClipTensorDataset(list_file, labels, train=train)
+        try:
+            from promptcouple.data import VideoListDataset
+        except ImportError as err:
+            raise ConfigError(f"{key}: reading list files needs promptcouple.data.VideoListDataset ({err})") from None
+        kwargs = dict(root=root, num_frames=cfg.data.num_frames, train=train, image_size=cfg.data.image_size)
+        if not train:
+            kwargs["num_views"] = cfg.eval.num_views
+        return VideoListDataset(list_file, labels, **kwargs)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:  # FileNotFoundError, ListFormatError, bad shapes...
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _check_nonempty(dataset: Dataset, key: str) -> None:
+    if len(dataset) == 0:
+        raise ConfigError(f"{key}: the split is empty")
+
+
+def build_datasets(cfg: TrainConfig, *, train: bool = True) -> Datasets:
+    """Build (and so validate) every dataset the config names.
+
+    Args:
+        cfg: The run's config.
+        train: Also build the training and anchor sets (``False`` for evaluation only).
+
+    Raises:
+        ConfigError: A missing file, a malformed list, a class id out of range, an empty split, or
+            anchor classes that overlap trained/evaluated classes (unless allowed).
+    """
+    d = cfg.data
+    if d.world is not None:
+        ds = _world_datasets(cfg, train=train)
+    else:
+        train_set = _list_dataset(d.train_list, d.labels, d.root, cfg, train=True, key="data.train_list") \
+            if train else None
+        classnames = list(train_set.classnames) if train_set is not None else _names(d.labels, d.train_list)
+        evals = {}
+        if d.val_list is not None:
+            name = "base" if d.novel_list is not None else "val"
+            ev = _list_dataset(d.val_list, d.val_labels or d.labels, d.root, cfg, train=False, key="data.val_list")
+            evals[name] = EvalSet(ev, list(ev.classnames))
+        if d.novel_list is not None:
+            ev = _list_dataset(d.novel_list, d.novel_labels, d.root, cfg, train=False, key="data.novel_list")
+            evals["novel"] = EvalSet(ev, list(ev.classnames))
+        ds = Datasets(train_set, classnames, evals)
+        a = cfg.anchors
+        if train and a.list is not None:
+            ds.anchor = _list_dataset(a.list, a.labels, a.root or d.root, cfg, train=True, key="anchors.list")
+            ds.anchor_labels = list(ds.anchor.classnames)
+    if ds.train is not None:
+        _check_nonempty(ds.train, "data.train_list")
+    for name, ev in ds.evals.items():
+        _check_nonempty(ev.dataset, f"data ({name} evaluation set)")
+    if ds.anchor is not None:
+        _check_nonempty(ds.anchor, "anchors.list")
+        _check_anchor_overlap(ds, cfg)
+    return ds
+
+
+def _names(labels: Optional[str], list_file: Optional[str]) -> list[str]:
+    if labels is not None:
+        from promptcouple.data.lists import read_label_csv
+
+        try:
+            return read_label_csv(labels)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"data.labels: {err}") from None
+    return list(ClipTensorDataset(list_file).classnames)
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _check_anchor_overlap(ds: Datasets, cfg: TrainConfig) -> None:
+    """Anchor classes must not be trained or evaluated classes (METHOD.md section 3): that leaks them."""
+    if cfg.anchors.allow_overlap:
+        return
+    anchors = {_norm(x) for x in ds.anchor_labels}
+    named = [("training", ds.classnames)] + [(f"{n} evaluation", ev.classnames) for n, ev in ds.evals.items()]
+    for role, names in named:
+        overlap = sorted(anchors & {_norm(x) for x in names})
+        if overlap:
+            raise ConfigError(f"anchors: {len(overlap)} anchor class(es) are also {role} classes, which leaks "
+                              f"them into the anchors: {overlap[:10]}; use a disjoint anchor set or set "
+                              "anchors.allow_overlap: true")
+
+
+def _world_datasets(cfg: TrainConfig, *, train: bool) -> Datasets:
+    """Datasets generated by :mod:`promptcouple.world` (``data.world`` / ``anchors.world``)."""
+    try:
+        from promptcouple import world
+    except ImportError as err:
+        raise ConfigError(f"data.world: promptcouple.world is not available ({err})") from None
+    w = cfg.data.world
+    try:
+        splits = world.make_splits(w.dataset, shots=w.shots, seed=w.split_seed,
+                                   num_frames=cfg.data.num_frames, num_views=cfg.eval.num_views)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"data.world: {err}") from None
+    ds = Datasets(splits["train"] if train else None, list(splits["classnames"]))
+    for name in ("base", "novel", "val"):
+        if name in splits:
+            ev = splits[name]
+            ds.evals[name] = EvalSet(ev, list(ev.classnames))
+    if train and cfg.anchors.world is not None:
+        try:
+            ds.anchor = world.make_anchor_set(cfg.anchors.world, num_frames=cfg.data.num_frames)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"anchors.world: {err}") from None
+        ds.anchor_labels = list(ds.anchor.classnames)
+    return ds

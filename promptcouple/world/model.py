@@ -1,0 +1,117 @@
+"""The small video CLIP of the embedded world: a stock open_clip ``CLIP`` built from a config dict.
+
+Videos are encoded the ViFi-CLIP way (the image tower on every frame, CLS features averaged over
+time); the model itself is an unmodified ``open_clip.model.CLIP`` so any code written for
+open_clip hosts works on it. The checkpoint stores its config as JSON in the safetensors
+metadata, so :func:`load_world_clip` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+
+ASSET_DIR = os.path.join(os.path.dirname(__file__), "assets")
+CHECKPOINT = os.path.join(ASSET_DIR, "world_clip.safetensors")
+
+WORLD_CLIP_CONFIG: Dict = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+    "quick_gelu": False,
+}
+
+# open_clip's OpenAI normalisation constants, so the frames look like any CLIP input.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_world_clip(config: Optional[Dict] = None) -> CLIP:
+    """Builds a randomly initialised open_clip ``CLIP`` from a config dict (default: the world's)."""
+    cfg = copy.deepcopy(config or WORLD_CLIP_CONFIG)
+    return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
+                quick_gelu=cfg.get("quick_gelu", False))
+
+
+def make_tokenizer(config: Optional[Dict] = None) -> SimpleTokenizer:
+    """open_clip's own BPE tokenizer with the model's context length."""
+    cfg = config or WORLD_CLIP_CONFIG
+    return SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+
+
+def normalize_frames(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float CLIP-normalised."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (frames_uint8.float() / 255.0 - mean) / std
+
+
+def encode_video(model: CLIP, frames: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Per-frame image features averaged over time.
+
+    Args:
+        model: The CLIP.
+        frames: (B, T, 3, H, W) CLIP-normalised frames.
+        normalize: L2-normalise the video features.
+
+    Returns:
+        (B, D) video features.
+    """
+    b, t = frames.shape[:2]
+    f = model.encode_image(frames.flatten(0, 1)).view(b, t, -1).mean(1)
+    return F.normalize(f, dim=-1) if normalize else f
+
+
+def save_world_clip(model: CLIP, path: str, config: Optional[Dict] = None, metadata: Optional[Dict[str, str]] = None,
+                    half: bool = True) -> None:
+    """Saves weights as safetensors (fp16 by default) with the config as JSON metadata."""
+    from safetensors.torch import save_file
+    sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(config or WORLD_CLIP_CONFIG), "format": "open_clip.CLIP"}
+    meta.update(metadata or {})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(sd, path, metadata=meta)
+
+
+def load_world_clip(device: str = "cpu", path: Optional[str] = None) -> Tuple[CLIP, SimpleTokenizer]:
+    """Loads the shipped pretrained world CLIP.
+
+    Builds the model from the config stored in the checkpoint metadata, loads the weights
+    strictly (float32) and returns it in eval mode.
+
+    Args:
+        device: Torch device.
+        path: Checkpoint path (default: the shipped ``assets/world_clip.safetensors``).
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = path or CHECKPOINT
+    with safe_open(path, framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    model = build_world_clip(config)
+    sd = {k: v.float() for k, v in load_file(path).items()}
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval(), make_tokenizer(config)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: CLIP, tokenizer, frames: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
+                       template: str = "a video of a {}.", batch_size: int = 256) -> float:
+    """Top-1 zero-shot accuracy (%) of the frozen model with a hand-crafted template."""
+    model.eval()
+    txt = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames])), dim=-1)
+    correct = 0
+    for i in range(0, len(frames), batch_size):
+        v = encode_video(model, frames[i:i + batch_size])
+        correct += (v @ txt.t()).argmax(-1).eq(labels[i:i + batch_size]).sum().item()
+    return 100.0 * correct / max(len(frames), 1)

@@ -1,0 +1,228 @@
+"""The wrapper against the host itself and against a prompted forward written out by hand."""
+
+import copy
+
+import pytest
+import torch
+
+import promptcouple as pc
+from hosts import HOSTS, make_host, manual_image, manual_logits, manual_text
+
+CLASSES = ["archery", "riding a bike", "playing the violin"]
+SMALL = dict(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3)
+
+
+def frames(b=2, t=3, seed=1):
+    return torch.randn(b, t, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("host_name", HOSTS)
+def test_text_placeholders_are_exact(host_name, tokenizer):
+    """Context initialised from a phrase, depth 1: the same features as the phrase written out."""
+    host = make_host(host_name)
+    with torch.no_grad():
+        expected = host.encode_text(tokenizer(["a video of a person archery."]))
+    cfg = pc.CouplingConfig(ctx_init="a video of a person", text_depth=1, n_vision_ctx=0, vision_depth=0)
+    wrapper = pc.CouplingPromptWrapper(host, cfg, tokenizer=tokenizer).eval()
+    assert wrapper.config.n_ctx == 5
+    with torch.no_grad():
+        got = wrapper.encode_text(["archery"])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        wrapper.prompts.ctx.add_(torch.randn_like(wrapper.prompts.ctx))  # the context really sets them
+        assert (wrapper.encode_text(["archery"]) - expected).abs().max() > 1e-3
+
+
+CASES = [(h, pool, ckpt) for h in HOSTS for pool in (["tok"] if h == "openai" else ["tok", "avg"])
+         for ckpt in (False, True)]
+
+
+@pytest.mark.parametrize("host_name,pool,ckpt", CASES)
+def test_wrapped_equals_hand_written_forward(host_name, pool, ckpt, tokenizer):
+    """Outputs and prompt gradients of the hooks equal the explicit computation (dropout off)."""
+    host = make_host(host_name, pool=pool)
+    host.set_grad_checkpointing(ckpt)
+    # Full-length text, as written by hand; the exact short path has its own test.
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(4, 32),
+                                       tokenizer=tokenizer, short_text=False).eval()
+    x = frames()
+    params = [p for _, p in wrapper.trainable_parameters()]
+    assert len(params) == 1 + 2 + 1 + 2 + 2  # ctx, text deep, vision ctx, vision deep, coupling
+    got = wrapper(x, CLASSES)
+    got_grads = torch.autograd.grad(got.logsumexp(-1).sum(), params)
+
+    with wrapper.prompts_disabled():  # the hand-written path must not be prompted twice
+        expected = manual_logits(host, x, wrapper.tokenize(CLASSES), wrapper.prompts)
+        expected_grads = torch.autograd.grad(expected.logsumexp(-1).sum(), params)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    for g, e in zip(got_grads, expected_grads):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("host_name", HOSTS)
+def test_short_text_path_is_exact(host_name, tokenizer):
+    """The text tower cut after the last EOT gives the 77-token (here 32) features."""
+    host = make_host(host_name)
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    if host_name == "openai":  # the mask lives inside its blocks: it must fall back, not guess
+        assert wrapper.spec.encode_text_short is None
+    else:
+        assert wrapper.spec.encode_text_short is not None
+    names = CLASSES + ["a much longer class name with many words in it"]
+    short = wrapper.encode_text(names)
+    wrapper.short_text = False
+    full = wrapper.encode_text(names)
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=0)
+    with wrapper.prompts_disabled():
+        expected = manual_text(host, wrapper.tokenize(names), wrapper.prompts)
+    torch.testing.assert_close(full, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("host_name", HOSTS)
+def test_unwrap_restores_host_and_training_touches_only_prompts(host_name, tokenizer):
+    host = make_host(host_name)
+    original = copy.deepcopy(host).requires_grad_(False)
+    before = {k: v.clone() for k, v in host.state_dict().items()}
+    ids, x = tokenizer(["a photo of archery."]), frames()
+
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(4, 32),
+                                       tokenizer=tokenizer)
+    assert list(host.state_dict()) == list(before)  # prompts live outside the host
+    assert not any(p.requires_grad for p in host.parameters())
+    opt = torch.optim.AdamW([p for _, p in wrapper.trainable_parameters()], lr=1e-2)
+    for step in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(wrapper(x, CLASSES), torch.tensor([0, 2]))
+        loss.backward()
+        for name, p in wrapper.trainable_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    for k, v in host.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+    assert wrapper.unwrap() is host
+    assert all(p.requires_grad for p in host.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(host.encode_text(ids), original.encode_text(ids), atol=1e-6, rtol=0)
+        torch.testing.assert_close(host.encode_image(x[0]), original.encode_image(x[0]), atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="unwrapped"):
+        wrapper.encode_text(CLASSES)
+
+
+def test_prompts_disabled_is_the_frozen_host(tokenizer):
+    host = make_host("open_clip")
+    with torch.no_grad():
+        expected = host.encode_image(frames()[0])
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    with torch.no_grad():
+        assert (host.encode_image(frames()[0]) - expected).abs().max() > 1e-4  # the hooks act...
+        with wrapper.prompts_disabled():
+            torch.testing.assert_close(host.encode_image(frames()[0]), expected, atol=1e-6, rtol=0)  # ...or not
+
+
+def test_paper_configuration_parameter_count():
+    """709,120 trainable parameters at ViT-B/16 (METHOD.md section 1); mapping layer 524,800."""
+    import open_clip
+
+    host = open_clip.create_model("ViT-B-16", pretrained=None)
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(), hard_prompts=torch.randn(16, 512))
+    assert wrapper.num_trainable_parameters() == 709_120
+    assert sum(p.numel() for p in wrapper.prompts.coupling.parameters()) == 524_800
+    assert sum(p.numel() for p in host.parameters() if p.requires_grad) == 0
+    # IVLP (no hard prompt) and CoOp are configurations of the same wrapper
+    wrapper.unwrap()
+    assert pc.CouplingPromptWrapper(host).num_trainable_parameters() == 709_120 - 524_800
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(text_depth=1, n_vision_ctx=0, vision_depth=0))
+    assert wrapper.num_trainable_parameters() == 16 * 512
+
+
+def test_coupling_dropout_is_per_class_in_training(tokenizer):
+    host = make_host("open_clip")
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(4, 32),
+                                       tokenizer=tokenizer)
+    ctx = wrapper.prompts.text_context(3)
+    assert not torch.equal(ctx[0], ctx[1])  # each class row has its own mask
+    wrapper.eval()
+    ctx = wrapper.prompts.text_context(3)
+    assert torch.equal(ctx[0], ctx[1]) and torch.equal(ctx[0], wrapper.prompts.effective_context())
+
+
+def test_eval_cache_follows_prompt_updates(tokenizer):
+    wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), pc.CouplingConfig(**SMALL), tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        a = wrapper.encode_text(CLASSES)
+        assert wrapper.encode_text(CLASSES) is a  # cached
+        wrapper.prompts.ctx.add_(torch.randn_like(wrapper.prompts.ctx))  # an optimizer step is in place too
+        b = wrapper.encode_text(CLASSES)
+        assert not torch.equal(a, b)
+        assert wrapper.encode_text(CLASSES[:2]).shape == (2, 32)  # another class set: recomputed
+    assert wrapper.encode_text(CLASSES).requires_grad  # never cached while gradients are needed
+
+
+def test_bf16_autocast_keeps_prompts_fp32(tokenizer):
+    host = make_host("open_clip")
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = wrapper(frames(), CLASSES)
+    logits.float().sum().backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for _, p in wrapper.trainable_parameters())
+    with torch.no_grad():
+        full = wrapper(frames(), CLASSES)
+    assert (logits.float() - full).abs().max() < 0.5  # bf16 rounding only
+
+
+def test_attribute_passthrough_and_repr(tokenizer):
+    host = make_host("open_clip")
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    assert wrapper.visual is host.visual and wrapper.context_length == 32
+    assert "trainable=" in repr(wrapper) and "coupled=False" in repr(wrapper)
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="text_depth"):
+        pc.CouplingConfig(text_depth=0)
+    with pytest.raises(ValueError, match="disagree"):
+        pc.CouplingConfig(n_vision_ctx=0)
+    with pytest.raises(ValueError, match="dropout"):
+        pc.CouplingConfig(dropout=1.5)
+    with pytest.warns(UserWarning, match="unknown keys"):
+        assert pc.CouplingConfig.from_dict({"n_ctx": 4, "future_field": 1}).n_ctx == 4
+
+
+def test_bad_wrapping_input(tokenizer):
+    host = make_host("open_clip")
+    with pytest.raises(ValueError, match="text_depth=9 but the text tower has 3 layers"):
+        pc.CouplingPromptWrapper(host, pc.CouplingConfig(), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"shape \(3, 32\), expected \(4, 32\)"):
+        pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(3, 32), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="has 5 tokens but n_ctx=4"):
+        pc.CouplingPromptWrapper(host, pc.CouplingConfig(**{**SMALL, "ctx_init": "a video of a person"}),
+                                 tokenizer=tokenizer)
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"frames must be a tensor \(B, T, C, H, W\), got \(2, 3, 32, 32\)"):
+        wrapper.encode_video(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="needs .* tokens .* more than the context length 32"):
+        wrapper.encode_text(["word " * 40])
+    with pytest.raises(ValueError, match="non-empty list"):
+        wrapper.encode_text([])
+    with pytest.raises(RuntimeError, match="forward_intermediates calls the blocks directly"):
+        host.visual.forward_intermediates(torch.randn(1, 3, 32, 32))
+    wrapper.unwrap()
+    host.visual.forward_intermediates(torch.randn(1, 3, 32, 32))  # the host's own method is back
+
+
+def test_unsupported_hosts():
+    host = make_host("open_clip")
+    with pytest.raises(pc.UnsupportedHostError, match="neither an open_clip CLIP nor"):
+        pc.CouplingPromptWrapper(torch.nn.Linear(2, 2))
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    with pytest.raises(pc.UnsupportedHostError, match="TorchScript"):
+        pc.CouplingPromptWrapper(scripted)
+    host.visual = torch.nn.Identity()  # stands for a timm or ResNet tower
+    with pytest.raises(pc.UnsupportedHostError, match="VisionTransformer"):
+        pc.CouplingPromptWrapper(host)
