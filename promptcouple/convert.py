@@ -39,6 +39,11 @@ def read_checkpoint(path: Union[str, Path], *, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and not magic.startswith(b"\x80"):  # torch's zip format, or a legacy pickle
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (neither torch.save's zip format "
+                         "nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
