@@ -37,7 +37,8 @@ class VideoListDataset(Dataset):
     Checked when the dataset is built, so errors come before training starts: the list format
     (with file and line), labels in ``[0, len(classnames))``, and that every video file / frame
     folder exists (all missing paths reported at once; ``check_files=False`` skips the file
-    system walk for huge lists on slow storage).
+    system walk for huge lists on slow storage). Frame-folder entries listed with 0 frames
+    (GA2-CLIP's HMDB-51 lists have some) are reported in one warning and skipped as below.
 
     Undecodable videos: with ``on_error="skip"`` (default) a video that fails to decode is
     reported once with a ``RuntimeWarning`` naming the file, remembered in :attr:`skipped`, and the
@@ -141,6 +142,7 @@ class VideoListDataset(Dataset):
         self._bad: set[int] = set()
         if check_files:
             self._check_files()
+        self._skip_empty_frame_folders()
 
     def path(self, index: int) -> Path:
         """Full path of entry ``index`` (root joined unless the listed path is absolute)."""
@@ -162,6 +164,30 @@ class VideoListDataset(Dataset):
                 f"(root={str(self.root) if self.root else None!r}):\n{shown}{more}\n"
                 "Fix the root (paths in the list are relative to it), or remove these lines from the list."
             )
+
+    def _skip_empty_frame_folders(self) -> None:
+        """Entries listed with 0 frames (failed extraction) are known bad before any decoding: say so once."""
+        empty = [i for i, r in enumerate(self.records) if r.kind == "frames" and r.num_frames == 0]
+        if not empty:
+            return
+        if len(empty) == len(self.records):
+            raise ValueError(f"every entry of {self.list_file} is listed with 0 frames; re-extract the frames")
+        if self.on_error == "raise":
+            lines = [self.records[i].line for i in empty]
+            raise VideoDecodeError(
+                f"{len(empty)} entries of {self.list_file} are listed with 0 frames (lines {lines[:10]}"
+                f"{' ...' if len(lines) > 10 else ''}); re-extract them or remove them from the list"
+            )
+        self._bad.update(empty)
+        self.skipped += [str(self.path(i)) for i in empty]
+        shown = ", ".join(f"line {self.records[i].line}: {self.records[i].path}" for i in empty[:5])
+        warnings.warn(
+            f"promptcouple.data: {len(empty)} entries of {self.list_file} are listed with 0 frames ({shown}"
+            f"{' ...' if len(empty) > 5 else ''}). Skipped: each is replaced by the next decodable item. "
+            "Re-extract their frames or remove them from the list.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -208,6 +234,11 @@ class VideoListDataset(Dataset):
                 failures += 1
                 if failures >= self.max_failures:
                     break
+        if failures < self.max_failures:
+            raise RuntimeError(
+                f"no item of {self.list_file} can be decoded any more ({len(self._bad)} of {n} failed or are empty); "
+                "check the root, the list format and that PyAV decodes one file by hand"
+            )
         raise RuntimeError(
             f"{failures} videos in a row failed to decode starting at item {index} of {self.list_file} "
             f"(last: {self.skipped[-1] if self.skipped else None}); the data or the PyAV/FFmpeg setup is broken, "

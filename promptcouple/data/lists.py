@@ -9,9 +9,11 @@ Two list formats, one entry per line, fields separated by white space:
   with a frame-count column; the count is kept for writing the list back but the real count is
   read from the container.
 
-The format is detected from the first entry and every other line must match it. Empty lines and
-lines starting with ``#`` are ignored. Paths may contain spaces (the numeric fields are taken from
-the right).
+The format is detected from the first entry and every other line must match it. Empty lines are
+ignored; there are no comment lines, since real file names start with ``#`` (HMDB-51:
+``#437_How_To_Ride_A_Bike_...avi``). Paths may contain spaces (the numeric fields are taken from
+the right). A frame count of 0 is accepted (GA2-CLIP's HMDB-51 rgb lists hold such entries for
+videos whose frame extraction failed); the dataset skips those entries.
 
 Label files are CSV ``id,name`` with an optional header; ids must be exactly ``0..K-1``.
 """
@@ -53,8 +55,8 @@ class VideoRecord:
         path: The path as written in the list (relative to the dataset root, or absolute).
         label: Class id, an index into the label file.
         kind: ``"video"`` for a video file, ``"frames"`` for a folder of numbered frames.
-        num_frames: Frame count from the list (always set for ``"frames"``; for videos only when
-            the list has a frame-count column, and then informational).
+        num_frames: Frame count from the list (always set for ``"frames"``, may be 0 for a failed
+            extraction; for videos only when the list has a frame-count column, and then informational).
         line: 1-based line number in the list file, for error messages (not part of equality).
     """
 
@@ -120,7 +122,7 @@ def read_video_list(
     with open(list_file, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             text = raw.strip()
-            if not text or text.startswith("#"):
+            if not text:
                 continue
             where = f"{list_file}:{lineno}"
             tokens = text.split()
@@ -162,11 +164,11 @@ def read_video_list(
             num_frames = None
             if n_fields == 3:
                 num_frames = _as_int(parts[1])
-                if num_frames is None or num_frames < 1:
-                    raise ListFormatError(f"{where}: frame count {parts[1]!r} is not a positive integer in {text!r}")
+                if num_frames is None or num_frames < 0:
+                    raise ListFormatError(f"{where}: frame count {parts[1]!r} is not a non-negative integer in {text!r}")
             records.append(VideoRecord(parts[0], label, kind, num_frames, lineno))  # type: ignore[arg-type]
     if not records:
-        raise ListFormatError(f"video list {str(list_file)!r} has no entries (only empty or '#' lines)")
+        raise ListFormatError(f"video list {str(list_file)!r} has no entries (empty file or only blank lines)")
     return records
 
 

@@ -20,6 +20,7 @@ label CSV, as ViFi-CLIP's ``*_base_labels.csv`` / ``*_novel_labels.csv`` do.
 K-shot (``k_shot_split``): for each class, ``k`` distinct entries drawn without replacement from
 that class's entries in list order, with a generator seeded by ``(seed, class id)``: the same
 list and seed always give the same file, and a class's draw does not depend on the other classes.
+Frame-folder entries listed with 0 frames are never drawn (the dataset would skip them).
 The protocol's three training splits are seeds 1, 2, 3 (``s1``, ``s2``, ``s3``). They are drawn
 independently by default and may share videos, as ViFi-CLIP's released ``fs_base_s{1,2,3}``
 files do; ``disjoint=True`` makes them pairwise disjoint (needs ``k * len(seeds)`` videos per class).
@@ -145,6 +146,8 @@ def subset_records(records: Sequence[VideoRecord], class_ids: Sequence[int]) -> 
 def _by_class(records: Sequence[VideoRecord]) -> dict[int, list[VideoRecord]]:
     groups: dict[int, list[VideoRecord]] = defaultdict(list)
     for r in records:
+        if r.kind == "frames" and r.num_frames == 0:  # failed extraction: the dataset would skip it
+            continue
         groups[r.label].append(r)
     return groups
 

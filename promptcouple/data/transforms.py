@@ -38,7 +38,8 @@ class MultiScaleCrop(v2.Transform):
     """TSN multi-scale crop: crop sides from ``scales`` x short side, then resize to ``size``.
 
     Height and width are drawn from the scale list independently but at most ``max_distort``
-    steps apart (aspect ratios near 1), at a uniformly random position.
+    steps apart (aspect ratios near 1), at a uniformly random position (TSN / mmaction's
+    ``random_crop=False`` default, used by ViFi-CLIP, picks among 13 fixed positions instead).
 
     Args:
         size: Output side length.
