@@ -294,3 +294,171 @@ def test_errors():
 
     with pytest.raises(TypeError, match="takes no attn_mask"):
         CrossFrameBlock(NoMask(), T)
+
+
+# ----------------------------------------------------------------------------------- part 2
+# Inside the prompt wrapper: deep vision prompts are appended at ln_pre, replaced before every
+# block and stripped after the tower; message tokens are appended after them and dropped inside.
+
+pc = pytest.importorskip("promptcouple")
+CLASSES = ["archery", "bowling", "juggling balls", "rowing", "surfing"]
+N_VIS = 2
+
+
+def prompt_config(**kwargs):
+    values = dict(n_ctx=4, n_vision_ctx=N_VIS, text_depth=2, vision_depth=2, dropout=0.0)
+    values.update(kwargs)
+    return pc.CouplingConfig(**values)
+
+
+def randomise_prompts(wrapper, std: float = 0.5, seed: int = 4) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in wrapper.trainable_parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_wrap_and_unwrap_are_exact(layout, tokenizer):
+    model = XCLIPStyle(make_clip(layout), T).eval()
+    perturb_head(model)
+    x, ids = frames(), tokenizer(CLASSES)
+    model.requires_grad_(False)  # compare on the same attention kernel (INTEGRATION.md, numerics)
+    with torch.no_grad():
+        original = model(x, ids)
+    model.requires_grad_(True)
+
+    wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).eval()
+    randomise_prompts(wrapper)
+    assert wrapper.video_specific
+    assert all(not p.requires_grad for _, p in model.head_parameters())  # the host, head included, is frozen
+    with torch.no_grad():
+        assert wrapper(x, CLASSES).shape == (B, len(CLASSES))
+        assert (model(x, ids) - original).abs().max() > 1e-3  # the hooks act on the host's own forward
+
+    assert wrapper.unwrap() is model
+    assert all(p.requires_grad for p in model.parameters())
+    model.requires_grad_(False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, ids), original, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_zero_init_xclip_with_prompts_equals_prompted_frame_wise_clip(layout, tokenizer):
+    """Prompts and message tokens coexist: with an untouched head, the prompted X-CLIP model
+    computes exactly what the same prompts give on the plain CLIP (frame-wise ViFi-CLIP pipeline)."""
+    clip = make_clip(layout)
+    plain = pc.CouplingPromptWrapper(copy.deepcopy(clip), prompt_config(), tokenizer=tokenizer).eval()
+    xclip = pc.CouplingPromptWrapper(XCLIPStyle(clip, T), prompt_config(), tokenizer=tokenizer).eval()
+    randomise_prompts(plain)
+    xclip.prompts.load_state_dict(plain.prompts.state_dict())
+    x = frames()
+    with torch.no_grad():
+        torch.testing.assert_close(xclip.encode_video(x), plain.encode_video(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(xclip(x, CLASSES), plain(x, CLASSES), atol=1e-4, rtol=0)
+        with xclip.prompts_disabled():  # the prompts matter, so the equality above is not vacuous
+            assert (xclip.encode_video(x) - plain.encode_video(x)).abs().max() > 1e-3
+
+
+def test_prompt_tokens_sit_before_the_message_token(tokenizer):
+    model = XCLIPStyle(make_clip(), T).eval()
+    perturb_head(model)
+    wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).eval()
+    randomise_prompts(wrapper)
+    inner_in, inner_out, outer_out = [], [], []
+
+    def record_inner(module, args, out):
+        inner_in.append(args[0])
+        inner_out.append(out)
+
+    for block in model.clip.visual.transformer.resblocks:
+        block.block.register_forward_hook(record_inner)
+        block.register_forward_hook(lambda m, args, out: outer_out.append(out))
+    with torch.no_grad():
+        wrapper.encode_video(frames())
+    length = 1 + PATCHES + N_VIS
+    for layer in range(2):
+        assert inner_in[layer].shape == (B * T, length + 1, 32)  # CLS, patches, prompts, message
+        assert outer_out[layer].shape == (B * T, length, 32)
+        torch.testing.assert_close(outer_out[layer], inner_out[layer][:, :length], atol=0, rtol=0)
+        assert (inner_in[layer][:, -1] - inner_in[layer][:, 0]).abs().max() > 1e-3  # a real message, not CLS
+    deep = wrapper.prompts.vision_deep[0]  # layer 1's own prompt tokens, right before the message
+    torch.testing.assert_close(inner_in[1][:, -1 - N_VIS:-1], deep.expand(B * T, -1, -1), atol=0, rtol=0)
+
+
+def test_prompt_generator_never_sees_prompt_tokens(tokenizer):
+    model = XCLIPStyle(make_clip(), T)
+    wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer)
+    counts = []
+    model.prompt_generator.register_forward_hook(lambda m, args, out: counts.append(args[1].shape[1]))
+    wrapper(frames(), CLASSES)
+    video, tokens = wrapper.encode_video(frames(), return_tokens=True)
+    assert counts == [T * PATCHES]
+    assert tokens.shape == (B, 1 + T * PATCHES, 32)
+
+
+@pytest.mark.parametrize("train_head", [False, True])
+def test_training_prompts_and_optionally_the_head(train_head, tokenizer):
+    model = XCLIPStyle(make_clip(), T)
+    wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).train()
+    params = [p for _, p in wrapper.trainable_parameters()]
+    if train_head:
+        for _, p in model.head_parameters():
+            p.requires_grad_(True)
+        params += [p for _, p in model.head_parameters()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    loss = F.cross_entropy(wrapper(frames(), CLASSES), torch.tensor([0, 3]))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for _, p in wrapper.trainable_parameters())
+    head = dict(model.head_parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= set(head)  # the CLIP's own weights never move
+    assert bool(changed) == train_head
+    if train_head:
+        assert "mit.proj.weight" in changed and "clip.visual.transformer.resblocks.1.message.fc.weight" in changed
+
+
+def test_wrapper_gradient_checkpointing_matches(tokenizer):
+    grads = []
+    for checkpointing in (False, True):
+        model = XCLIPStyle(make_clip(), T)
+        perturb_head(model)
+        model.clip.set_grad_checkpointing(checkpointing)
+        wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).train()
+        randomise_prompts(wrapper)
+        F.cross_entropy(wrapper(frames(), CLASSES), torch.tensor([0, 3])).backward()
+        grads.append({n: p.grad.clone() for n, p in wrapper.trainable_parameters()})
+    assert grads[0].keys() == grads[1].keys() and any("vision" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_anchor_regulariser_accepts_video_specific_text(tokenizer):
+    model = XCLIPStyle(make_clip(), T)
+    perturb_head(model)
+    wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).train()
+    randomise_prompts(wrapper)
+    for mode, kwargs in [("consistency", {}), ("negative", {"labels": torch.tensor([0, 1])})]:
+        reg = pc.AnchorRegularizer(wrapper, ["knitting", "whistling"], mode=mode, classnames=CLASSES)
+        loss = reg(frames(seed=7), **kwargs)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+    assert wrapper.prompts.vision_ctx.grad.abs().max() > 0
+
+
+def test_example_runs_and_saves_prompts(tmp_path):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "xclip_style.py")
+    spec = importlib.util.spec_from_file_location("xclip_style_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "prompts.safetensors"
+    accuracy = example.main(["--steps", "2", "--batch", "2", "--eval-clips", "4", "--save", str(out),
+                             "--threads", str(torch.get_num_threads())])
+    assert 0.0 <= accuracy <= 1.0
+    loaded = pc.load_prompts(out)
+    assert loaded.config.n_vision_ctx == 4

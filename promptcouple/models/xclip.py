@@ -16,20 +16,29 @@ around the untouched pretrained weights:
   the text to the video's visual tokens (patch tokens of all frames, projected to the embedding
   space, plus the video feature), scaled by a small learnable ``alpha``: text becomes ``(B, K, D)``.
 
-Two deliberate differences from the paper make the new head an exact no-op at initialisation,
-so that an untrained head (for example under a prompt-tuning wrapper that freezes the host) is
-the frame-wise CLIP:
+Differences from the paper. The first three make the new head an exact no-op at initialisation,
+so that an untrained head (for example under a prompt-tuning wrapper, which freezes the host) is
+the frame-wise CLIP; its zero-initialised layers still receive gradients:
 
 * A token appended to a softmax attention changes every other token's output even when its value
   is zero (its key and value come from LayerNorm and projection biases). Here the message token
-  starts as a *clone of the frame's CLS token* (``m = cls + fc(cls) + cross-frame attention``, with
-  ``fc`` and the attention's output projection zero-initialised), and an additive attention mask
-  gives the CLS and message columns ``log(1/2)`` each: the two share the CLS token's attention mass,
-  so while they are equal the block computes exactly what it computed without the message.
-  Training moves the message away from the CLS token; the gradient never vanishes.
-* The MIT adds ``proj(transformer(x + pos))`` with a zero-initialised ``proj`` (the paper adds the
-  transformer output itself), and the prompt generator's residual branches end in zero-initialised
-  layers. ``init="xclip"`` instead draws every new linear layer from N(0, 0.02) as the paper does.
+  is ``m = cls + fc(cls)``, then ``m + MSA_T(LN(m))`` (the paper: ``fc(cls)``, then the same
+  attention), with ``fc`` and the attention's output projection zero-initialised: it starts as a
+  clone of the frame's CLS token. An additive attention mask gives the CLS and message columns
+  ``log(1/2)`` each (always, not only at the start): the pair shares the CLS token's attention
+  mass, so while the two are equal the block computes what it computed without a message (up to
+  float rounding, about 1e-7).
+* The MIT adds ``proj(LN(transformer(x + pos)))`` with a zero-initialised ``proj`` to its input
+  (the paper adds the transformer output itself).
+* The prompt generator returns ``alpha * (decoder(text) - text)``, the residual updates only, whose
+  branches end in zero-initialised layers (the paper scales ``decoder(text)``, text included).
+* The generator attends to the patch tokens of every frame plus the video feature (the paper: patch
+  tokens averaged over time), projected by a copy of CLIP's own ``visual.proj`` (the paper: a random
+  projection), so they start in the joint embedding space.
+
+``init="xclip"`` draws every new linear layer from N(0, 0.02) as the paper does (no exact start).
+The message token is dropped after the whole original block rather than between its attention
+and MLP; the MLP acts per token, so the two are the same.
 """
 
 from __future__ import annotations
@@ -371,8 +380,10 @@ class XCLIPStyle(nn.Module):
         prompt_dropout: Dropout inside the prompt generator.
 
     Raises:
-        TypeError: If ``clip`` is not an open_clip ``CLIP`` with a token-pooled ViT image tower.
-        ValueError: For a bad ``num_frames``, layer index or ``init``.
+        TypeError: If ``clip`` is not an open_clip ``CLIP`` with a ViT image tower pooled by its
+            CLS token or by averaging (no attentional pooling).
+        ValueError: For a bad ``num_frames``, layer count or index, ``init``, or a CLIP that
+            already has cross-frame blocks.
 
     Example::
 
@@ -399,10 +410,16 @@ class XCLIPStyle(nn.Module):
             if not isinstance(i, int) or not -len(blocks) <= i < len(blocks):
                 raise ValueError(f"cross_frame_layers: {i!r} is not a block index of the "
                                  f"{len(blocks)}-layer image tower")
+        for name, value in (("mit_layers", mit_layers), ("prompt_layers", prompt_layers)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
+        # Build every new block before touching the CLIP, so an error leaves it unmodified.
         batch_first = _vision_batch_first(visual.transformer)
-        for i in sorted({i % len(blocks) for i in layers}):
-            blocks[i] = CrossFrameBlock(blocks[i], num_frames, batch_first=batch_first, init=init)
+        patched = {i: CrossFrameBlock(blocks[i], num_frames, batch_first=batch_first, init=init)
+                   for i in sorted({i % len(blocks) for i in layers})}
+        for i, block in patched.items():
+            blocks[i] = block
         self.clip = clip
         self.num_frames = num_frames
 
@@ -546,7 +563,8 @@ class XCLIPStyle(nn.Module):
         return sum(p.numel() for _, p in self.head_parameters())
 
     def extra_repr(self) -> str:
-        return f"num_frames={self.num_frames}, embed_dim={self.embed_dim}, head_parameters={self.num_head_parameters():,}"
+        return (f"num_frames={self.num_frames}, embed_dim={self.embed_dim}, "
+                f"head_parameters={self.num_head_parameters():,}")
 
 
 def _check_clip(clip: nn.Module) -> nn.Module:
