@@ -13,6 +13,7 @@ from promptcouple.adapters import UnsupportedHostError
 from promptcouple.anchors import AnchorRegularizer
 from promptcouple.config import CouplingConfig
 from promptcouple.io import PromptFile, load_prompts, save_prompts
+from promptcouple.text_consistency import TextConsistencyRegularizer
 from promptcouple.wrapper import CouplingPromptWrapper
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CouplingConfig",
     "CouplingPromptWrapper",
     "PromptFile",
+    "TextConsistencyRegularizer",
     "UnsupportedHostError",
     "convert_checkpoint",
     "load_prompts",

@@ -125,3 +125,18 @@ def test_leakage_and_bad_arguments(setup):
     with pytest.raises(ValueError, match="non-empty list"):
         pc.AnchorRegularizer(wrapper, [])
     assert "wrapper" not in dict(reg.named_modules())  # it does not own the model
+
+
+def test_text_consistency_baseline(setup):
+    """KgCoOp-style term: zero when prompts reproduce the hand-crafted features, acts otherwise."""
+    wrapper, frozen, tokenizer = setup
+    reg = pc.TextConsistencyRegularizer(wrapper, CLASSES, weight=8.0)
+    with torch.no_grad():
+        hand = F.normalize(frozen.encode_text(tokenizer([f"a video of a person {c}." for c in CLASSES])), dim=-1)
+    torch.testing.assert_close(reg.frozen_features(), hand, atol=1e-6, rtol=0)
+    assert reg(hand).abs() < 1e-5
+    loss = reg()
+    expected = 8.0 * (1 - (F.normalize(wrapper.encode_text(CLASSES), dim=-1) * hand).sum(-1)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    g = grads(wrapper, loss)
+    assert g["prompts.ctx"].abs().sum() > 0 and g["prompts.vision_ctx"] is None
