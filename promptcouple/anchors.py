@@ -94,12 +94,10 @@ class AnchorRegularizer(nn.Module):
 
     def frozen_text_features(self) -> torch.Tensor:
         """Negative prompts through the frozen, un-prompted text tower: computed once, then cached."""
-        w = self.wrapper
-        device = w.spec.token_embedding.weight.device
+        device = self.wrapper.spec.token_embedding.weight.device
         if self._frozen_text is None or self._frozen_text.device != device:
-            ids = w.tokenizer([self.template.format(x.replace("_", " ")) for x in self.anchor_labels]).to(device)
-            with torch.no_grad(), w.prompts_disabled():
-                self._frozen_text = w.spec.encode_text(ids).float()
+            texts = [self.template.format(x.replace("_", " ")) for x in self.anchor_labels]
+            self._frozen_text = self.wrapper.encode_frozen_text(texts)
         return self._frozen_text
 
     def _video(self, clips: torch.Tensor):

@@ -36,12 +36,10 @@ class TextConsistencyRegularizer(nn.Module):
 
     def frozen_features(self) -> torch.Tensor:
         """Hand-crafted class features of the frozen tower: computed once, then cached."""
-        w = self.wrapper
-        device = w.spec.token_embedding.weight.device
+        device = self.wrapper.spec.token_embedding.weight.device
         if self._frozen is None or self._frozen.device != device:
-            ids = w.tokenizer([self.template.format(c.replace("_", " ")) for c in self.classnames]).to(device)
-            with torch.no_grad(), w.prompts_disabled():
-                self._frozen = F.normalize(w.spec.encode_text(ids).float(), dim=-1)
+            texts = [self.template.format(c.replace("_", " ")) for c in self.classnames]
+            self._frozen = F.normalize(self.wrapper.encode_frozen_text(texts), dim=-1)
         return self._frozen
 
     def forward(self, class_features: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -244,6 +244,16 @@ class CouplingPromptWrapper(nn.Module):
             self._feature_cache[key] = features
         return F.normalize(features, dim=-1) if normalize else features
 
+    @torch.no_grad()
+    def encode_frozen_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Features ``(N, D)`` of plain texts by the frozen, un-prompted text tower (fp32).
+
+        For hand-crafted prompts such as the anchors' negative prompts; callers cache the result.
+        """
+        ids = self.tokenizer(list(texts)).to(self.spec.token_embedding.weight.device)
+        with self.prompts_disabled():
+            return self.spec.encode_text(ids).float()
+
     @property
     def video_specific(self) -> bool:
         """Whether the host conditions text features on each video (X-CLIP style)."""
