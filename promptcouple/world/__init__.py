@@ -27,8 +27,8 @@ API:
   features; ``zero_shot_accuracy(...)`` evaluates a template.
 
 Knobs (see ``assets/MODEL_CARD.md``): ``shift`` (0 = the pretraining rendering style, 1 = the
-default downstream style: textured backgrounds, clutter, camera pan, hue/contrast changes, outline
-drawing, weaker trails, more noise) and ``context`` (probability that a clip shows its class's own
+strongest shift: textured backgrounds, clutter, camera pan, hue/contrast changes, outline
+drawing, weaker trails, more noise; default ``DEFAULT_SHIFT`` = 0.25) and ``context`` (probability that a clip shows its class's own
 scene, a cue that tuning on base classes can learn and that does not transfer to novel classes).
 """
 

@@ -22,7 +22,7 @@ from .model import normalize_frames
 
 # Downstream defaults: how far the evaluated datasets are shifted from the pretraining style and
 # how often a clip shows its class's own scene (the two knobs that leave room for tuning).
-DEFAULT_SHIFT = 1.0
+DEFAULT_SHIFT = 0.25
 DEFAULT_CONTEXT = 0.5
 DEFAULT_TEST_PER_CLASS = 50
 DEFAULT_POOL = 16  # K-shot splits with K <= 16 are nested prefixes of the same per-class pool

@@ -7,7 +7,7 @@ their previous positions (so a single frame shows the direction of motion), stat
 camera pan and pixel noise.
 
 The ``shift`` knob (0..1) moves the rendering away from the pretraining distribution
-(``shift=0`` is exactly the pretraining style): textured brighter backgrounds, static clutter,
+(``shift=0`` is exactly the pretraining style, 1 the strongest shift): textured brighter backgrounds, static clutter,
 camera pan, hue and contrast changes of the objects, outline-only drawing, weaker trails and
 more noise. ``context`` (0..1) is the probability that a clip uses its class's own scene
 (background), a class-correlated cue that tuning on base classes can exploit and that does not
@@ -37,7 +37,7 @@ class Style:
     Attributes:
         frames: Number of frames T.
         res: Frame height and width in pixels (geometry is defined at 32 and scaled).
-        shift: Domain shift away from the pretraining style, 0 (none) to 1 (default downstream).
+        shift: Domain shift away from the pretraining style, 0 (none) to 1 (strongest).
         trail: Strength of the motion trails (0 removes every cue to temporal order within a frame).
         context: Probability that a clip is drawn in its class's own scene.
     """
@@ -246,10 +246,11 @@ def _trajectories(b: ClipBatch, frames: int):
         put(dyb, mot, np.where(axis, 0.0, half))
     pair = np.isin(b.motion, [M[k] for k in V.PAIR_MOTIONS])[:, None]
     alpha_b = np.where(pair, 1.0, alpha_b)
-    # Centre: place the whole path inside the frame with a 1 px margin.
-    xs = np.concatenate([dx, dxb], 1)
-    ys = np.concatenate([dy, dyb], 1)
-    rmax = r.max(1, keepdims=True)
+    # Centre: place the visible path (frames 0..T-1, not the trail times) inside the frame with
+    # a 1 px margin; symmetric in time, so a motion and its reverse get the same placement.
+    xs = np.concatenate([dx[:, 2:], dxb[:, 2:]], 1)
+    ys = np.concatenate([dy[:, 2:], dyb[:, 2:]], 1)
+    rmax = r[:, 2:].max(1, keepdims=True)
     lo_x, hi_x = rmax + 1 - xs.min(1, keepdims=True), 31 - rmax - xs.max(1, keepdims=True)
     lo_y, hi_y = rmax + 1 - ys.min(1, keepdims=True), 31 - rmax - ys.max(1, keepdims=True)
     cx = _place(lo_x, hi_x, p["cx"][:, None])
@@ -290,70 +291,84 @@ def _shape_norm(k: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise KeyError(name)
 
 
-def _draw(canvas, X, Y, x, y, r, theta, alpha, shape, rgb, texture, outline, tex_phase, scale, idx=None):
-    """Alpha-composites one object per clip onto canvas (N, T, 3, H, W) in place.
+def _layer(X, Y, x, y, r, theta, alpha, shape, rgb, texture, outline, tex_phase, scale):
+    """Coverage (N, L, 1, H, W) and colour (N, L|1, 3, H, W) of one object per clip at L times.
 
-    ``idx`` restricts the work to a subset of clips (the others have nothing to draw).
+    Clips must be sorted by shape so each shape is a contiguous slice (views, no gathers).
     """
-    if idx is not None:
-        sub = torch.zeros((len(idx),) + canvas.shape[1:])
-        sub.copy_(canvas[idx])
-        _draw(sub, X, Y, *(np.asarray(a)[idx] for a in (x, y, r, theta, alpha, shape, rgb, texture, outline, tex_phase)), scale)
-        canvas[idx] = sub
-        return
-    x, y, r, theta, alpha = (torch.as_tensor(a, dtype=torch.float32)[..., None, None] for a in (x, y, r, theta, alpha))
+    x, y, r, theta, alpha = (torch.as_tensor(np.asarray(a), dtype=torch.float32)[..., None, None]
+                             for a in (x, y, r, theta, alpha))
     x, y, r = x * scale, y * scale, r * scale
     ddx, ddy = X - x, Y - y
     c, s = torch.cos(theta), torch.sin(theta)
     u = (ddx * c + ddy * s) / r
     v = (-ddx * s + ddy * c) / r
-    shape_t = torch.as_tensor(shape)
-    ks = torch.unique(shape_t).tolist()
-    if len(ks) == 1:
-        norm = _shape_norm(ks[0], u, v)
-    else:
-        norm = torch.empty_like(u)
-        for k in ks:
-            sel = shape_t == k
-            norm[sel] = _shape_norm(k, u[sel], v[sel])
+    shape = np.asarray(shape)
+    norm = torch.empty_like(u)
+    start = 0
+    for k, cnt in zip(*np.unique(shape, return_counts=True)):
+        sl = slice(start, start + cnt)
+        norm[sl] = _shape_norm(int(k), u[sl], v[sl])
+        start += cnt
     edge = (1 - norm).mul_(r)
     a = (edge + 0.5).clamp_(0, 1)
     outline = np.asarray(outline)
     if outline.any():
         ol = torch.as_tensor(outline, dtype=torch.float32)[:, None, None, None]
         a = a - ol * (edge - 1.2 * scale).clamp(0, 1)
-    a = (a * alpha).unsqueeze(2)  # (N, T, 1, H, W)
+    a = (a * alpha).unsqueeze(2)
     col = torch.as_tensor(np.asarray(rgb), dtype=torch.float32)[:, None, :, None, None]
     texture = np.asarray(texture)
     if texture.any():
         # Texture in object coordinates, so it turns with the object.
         band = 1.7 * scale
-        ph = torch.as_tensor(tex_phase, dtype=torch.float32)[:, None, None, None]
+        ph = torch.as_tensor(np.asarray(tex_phase), dtype=torch.float32)[:, None, None, None]
         vv = torch.floor(v * r / band + ph)
         stripe = torch.remainder(vv, 2)
         check = torch.remainder(torch.floor(u * r / band + ph) + vv, 2)
         tex = torch.as_tensor(texture)[:, None, None, None]
         fac = torch.where(tex == 1, 0.35 + 0.65 * stripe, torch.where(tex == 2, 0.35 + 0.65 * check, torch.ones_like(u)))
         col = col * fac.unsqueeze(2)
-    canvas.mul_(1 - a).add_(col * a)
+    return a, col
 
 
-def render(b: ClipBatch, style: Style) -> torch.Tensor:
+def _composite(canvas, a, col, idx=None):
+    if idx is None:
+        canvas.mul_(1 - a).add_(col * a)
+    else:
+        canvas[idx] = canvas[idx] * (1 - a) + col * a
+
+
+def render(b: ClipBatch, style: Style, frame_idx: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Renders a batch of clips.
 
     Args:
         b: Clip descriptions from :func:`sample_clips`.
         style: Rendering style (frames, resolution, trail strength).
+        frame_idx: Render only these frames of the T (pretraining uses a few per clip).
 
     Returns:
-        uint8 tensor (N, T, 3, H, W).
+        uint8 tensor (N, T, 3, H, W), or (N, len(frame_idx), 3, H, W).
     """
     n, T, H = len(b), style.frames, style.res
+    fidx = np.arange(T) if frame_idx is None else np.asarray(frame_idx)
+    # Times (offset by the two trail steps) needed for the kept frames and their trails.
+    times = np.unique(np.concatenate([fidx, fidx + 1, fidx + 2]))
+    tpos = {int(t): i for i, t in enumerate(times)}
+    # Sort by shape so per-shape work runs on contiguous slices; undone at the end.
+    order = np.argsort(b.shape, kind="stable")
+    inv = np.argsort(order)
+    b = ClipBatch(b.shape[order], b.colour[order], b.size[order], b.texture[order], b.motion[order],
+                  {k: (v[order] if k != "noise_seed" else v) for k, v in b.params.items()})
     scale = H / 32.0
     p = b.params
     coords = (torch.arange(H, dtype=torch.float32) + 0.5)
     Y, X = torch.meshgrid(coords, coords, indexing="ij")
     A, B, (px, py) = _trajectories(b, T)
+    px, py = px[:, np.r_[0, 1, fidx + 2]], py[:, np.r_[0, 1, fidx + 2]]  # background/clutter use [:, 2:]
+    A = {k: v[:, times] for k, v in A.items()}
+    B = {k: v[:, times] for k, v in B.items()}
+    T = len(fidx)
     # Background, evaluated at camera-shifted coordinates so that it pans with the camera.
     Xs = (X / scale)[None, None] + torch.as_tensor(px[:, 2:], dtype=torch.float32)[..., None, None]
     Ys = (Y / scale)[None, None] + torch.as_tensor(py[:, 2:], dtype=torch.float32)[..., None, None]
@@ -363,34 +378,42 @@ def render(b: ClipBatch, style: Style) -> torch.Tensor:
     f = torch.as_tensor(p["bg_wave_f"])
     for k in range(3):
         wave = torch.cos(f[:, k, 0, None, None, None] * Xs + f[:, k, 1, None, None, None] * Ys + torch.as_tensor(p["bg_wave_ph"][:, k])[:, None, None, None])
-        amp = torch.as_tensor(p["bg_wave_amp"][:, k] [:, None] * p["bg_wave_tint"][:, k])  # (N, 3)
+        amp = torch.as_tensor(p["bg_wave_amp"][:, k][:, None] * p["bg_wave_tint"][:, k])  # (N, 3)
         bg = bg + amp[:, None, :, None, None] * wave.unsqueeze(2)
     canvas = bg.contiguous()
     # Static clutter (drawn in world coordinates, so it pans too).
     for k in range(p["clutter_on"].shape[1]):
-        on = p["clutter_on"][:, k]
+        on = p["clutter_on"][:, k] > 0
         if not on.any():
             continue
-        cxk = p["clutter_xy"][:, k, 0:1] - px[:, 2:]
-        cyk = p["clutter_xy"][:, k, 1:2] - py[:, 2:]
-        ones = np.ones((n, T), np.float32)
-        idx = np.nonzero(on)[0] if not on.all() else None
-        _draw(canvas, X, Y, cxk, cyk, ones * p["clutter_r"][:, k:k + 1], ones * p["clutter_theta"][:, k:k + 1],
-              ones * on[:, None], p["clutter_shape"][:, k], p["clutter_rgb"][:, k], np.zeros(n, np.int64),
-              np.zeros(n, np.float32), np.zeros(n, np.float32), scale, idx)
-    # Objects: trails of the two previous positions first (faint), then the current one.
-    trail = p["trail"][:, None]
-    for lag, w in ((2, 0.22), (1, 0.45), (0, 1.0)):
-        sl = slice(2 - lag, 2 - lag + T)
-        wt = w if lag == 0 else w * trail
-        for O in (A, B):
-            al = O["alpha"][:, sl] * wt
-            live = (al > 0).any(1)
-            if not live.any():
-                continue
-            idx = None if live.all() else np.nonzero(live)[0]
-            _draw(canvas, X, Y, O["x"][:, sl], O["y"][:, sl], O["r"][:, sl], O["theta"][:, sl], al,
-                  b.shape, p["rgb"], b.texture, p["outline"], p["tex_phase"], scale, idx)
+        idx = np.nonzero(on)[0]
+        sub_order = idx[np.argsort(p["clutter_shape"][idx, k], kind="stable")]
+        ones = np.ones((len(sub_order), T), np.float32)
+        a, col = _layer(X, Y, p["clutter_xy"][sub_order, k, 0:1] - px[sub_order, 2:],
+                        p["clutter_xy"][sub_order, k, 1:2] - py[sub_order, 2:], ones * p["clutter_r"][sub_order, k:k + 1],
+                        ones * p["clutter_theta"][sub_order, k:k + 1], ones, p["clutter_shape"][sub_order, k],
+                        p["clutter_rgb"][sub_order, k], np.zeros(len(sub_order), np.int64), np.zeros(len(sub_order)),
+                        np.zeros(len(sub_order)), scale)
+        _composite(canvas, a, col, torch.as_tensor(sub_order))
+    # Objects: each is drawn once at times -2..T-1; the trails at frame t are the faint copies
+    # at t-2 and t-1 (slices of the same layer), then the object itself.
+    trail = torch.as_tensor(p["trail"])[:, None, None, None, None]
+    for O in (A, B):
+        live = (O["alpha"] > 0).any(1)
+        if not live.any():
+            continue
+        idx = None if live.all() else np.nonzero(live)[0]
+        sel = slice(None) if idx is None else idx
+        a, col = _layer(X, Y, O["x"][sel], O["y"][sel], O["r"][sel], O["theta"][sel], O["alpha"][sel],
+                        b.shape[sel], p["rgb"][sel], b.texture[sel], p["outline"][sel], p["tex_phase"][sel], scale)
+        tr = trail if idx is None else trail[idx]
+        tidx = None if idx is None else torch.as_tensor(idx)
+        for lag, w in ((2, 0.22), (1, 0.45), (0, 1.0)):
+            sl = [tpos[int(f) + 2 - lag] for f in fidx]
+            al = a[:, sl] * (w if lag == 0 else w * tr)
+            cl = col[:, sl] if col.shape[1] > 1 else col
+            _composite(canvas, al, cl, tidx)
     gen = torch.Generator().manual_seed(int(p["noise_seed"][0]))
     noise = torch.randn(canvas.shape, generator=gen) * torch.as_tensor(p["noise_std"])[:, None, None, None, None]
-    return ((canvas + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+    out = ((canvas + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+    return out[torch.as_tensor(inv)]
