@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement (median)")
     parser.add_argument("--memory-classes", type=int, default=400)
+    parser.add_argument("--parts", default="vision,text,step,memory", help="which measurements to run")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--plot", help="write a plot of step time against the number of classes here")
     parser.add_argument("--memory-child", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -219,7 +220,32 @@ def main() -> None:
     results: dict = {"device": str(device), "model": "tiny" if args.tiny else "ViT-B-16", "frames": args.frames,
                      "threads": torch.get_num_threads(), "torch": torch.__version__}
 
-    # 1. vision -----------------------------------------------------------------------------
+    parts = set(args.parts.split(","))
+    if parts - {"vision", "text", "step", "memory"}:
+        parser.error(f"--parts: unknown {sorted(parts - {'vision', 'text', 'step', 'memory'})}")
+
+    if "vision" in parts:
+        measure_vision(wrapper, host, size, device, args, results)
+    if "text" in parts:
+        measure_text(wrapper, host, names, device, args, results)
+    if "step" in parts:
+        measure_steps(wrapper, size, names, device, args, results)
+    if "memory" in parts:
+        off, on = measure_memory(args, "off"), measure_memory(args, "on")
+        results["memory_bytes"] = {"checkpointing_off": off, "checkpointing_on": on, "classes": args.memory_classes}
+        results["checkpointing_memory_saving"] = 1 - on / off
+        print(f"memory  step peak without checkpointing {off / 2**20:.0f} MiB, with {on / 2**20:.0f} MiB  "
+              f"saving {results['checkpointing_memory_saving']:.1%}")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if args.plot and "step_seconds" in results:
+        plot(results, args.plot)
+
+
+def measure_vision(wrapper, host, size, device, args, results) -> None:
+    """Prompted encode_video against plain per-frame encode_image of the same frames."""
     frames = torch.randn(2, args.frames, 3, size, size, device=device)
     with torch.no_grad():
         def plain_vision():
@@ -230,7 +256,9 @@ def main() -> None:
     results["vision_ratio"] = t_ours / t_plain
     print(f"vision  prompted {t_ours:.3f}s  plain {t_plain:.3f}s  ratio {results['vision_ratio']:.3f}")
 
-    # 2. text -------------------------------------------------------------------------------
+
+def measure_text(wrapper, host, names, device, args, results) -> None:
+    """Prompted class features (exact short sequence) against plain encode_text at 77 tokens."""
     full_ids = wrapper.tokenize(names).to(device)  # the same prompts at the full context length
     wrapper.train()  # no cache: we time the computation itself
     with torch.no_grad():
@@ -245,7 +273,9 @@ def main() -> None:
     print(f"text    prompted ({length} tokens) {t_ours:.3f}s  plain ({full_ids.shape[1]} tokens) {t_plain:.3f}s  "
           f"ratio {results['text_ratio']:.3f}")
 
-    # 3. training steps ---------------------------------------------------------------------
+
+def measure_steps(wrapper, size, names, device, args, results) -> None:
+    """Our training step against the reference-style one, per number of classes."""
     anchors = kinetics_like_names(450, wrapper.tokenizer, seed=1)[400:450]  # 50 anchor labels
     results["step_seconds"], results["step_ratio"] = {}, {}
     for k in (int(x) for x in args.classes.split(",")):
@@ -254,19 +284,6 @@ def main() -> None:
         results["step_seconds"][str(k)] = {"ours": t_ours, "reference_style": t_ref}
         results["step_ratio"][str(k)] = t_ours / t_ref
         print(f"step    {k:4d} classes  ours {t_ours:.2f}s  reference-style {t_ref:.2f}s  ratio {t_ours / t_ref:.3f}")
-
-    # 4. memory -----------------------------------------------------------------------------
-    off, on = measure_memory(args, "off"), measure_memory(args, "on")
-    results["memory_bytes"] = {"checkpointing_off": off, "checkpointing_on": on, "classes": args.memory_classes}
-    results["checkpointing_memory_saving"] = 1 - on / off
-    print(f"memory  step peak without checkpointing {off / 2**20:.0f} MiB, with {on / 2**20:.0f} MiB  "
-          f"saving {results['checkpointing_memory_saving']:.1%}")
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    if args.plot:
-        plot(results, args.plot)
 
 
 def plot(results: dict, path: str) -> None:
