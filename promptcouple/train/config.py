@@ -1,7 +1,7 @@
 """The training configuration: a dataclass tree read from YAML, checked before anything runs.
 
 A config file has one section per dataclass below (``model``, ``prompts``, ``data``, ``anchors``,
-``optim``, ``eval``, ``run``). Unknown keys, values of the wrong type and out-of-range values raise
+``optim``, ``loss``, ``eval``, ``run``). Unknown keys, values of the wrong type and out-of-range values raise
 :class:`ConfigError` naming the dotted key; relative paths in the file are resolved against the
 file's directory, relative paths given with ``--set`` against the working directory.
 
@@ -112,6 +112,10 @@ class WorldDataConfig:
         shots: K, training clips per class.
         split_seed: Training split s1, s2, s3 (1, 2, 3).
         world_seed: Seed of the whole world.
+        test_per_class: Test clips per class (``None``: the world's default); fewer make
+            evaluation cheaper (the benchmarks' time budgets) and noisier.
+        shift: Domain shift from the world CLIP's pretraining style (``None``: the world's default).
+        context: Probability that a clip shows its class's own scene (``None``: the default).
     """
 
     dataset: str = ""
@@ -119,6 +123,9 @@ class WorldDataConfig:
     shots: int = 16
     split_seed: int = 1
     world_seed: int = 0
+    test_per_class: Optional[int] = None
+    shift: Optional[float] = None
+    context: Optional[float] = None
 
 
 @dataclass
@@ -229,6 +236,22 @@ class OptimConfig:
 
 
 @dataclass
+class LossConfig:
+    """Terms added to the cross-entropy besides the anchor term (which has its own section).
+
+    Attributes:
+        text_consistency: Weight of the KgCoOp-style term
+            (:class:`promptcouple.TextConsistencyRegularizer`): ``1 - cos`` between the prompted
+            class features and the frozen model's features of ``text_consistency_template``,
+            averaged over the training classes; 0 disables it (KgCoOp uses 8.0).
+        text_consistency_template: The hand-crafted prompt of that term.
+    """
+
+    text_consistency: float = 0.0
+    text_consistency_template: str = "a video of a person {}."
+
+
+@dataclass
 class EvalConfig:
     """Evaluation.
 
@@ -283,6 +306,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -356,6 +380,15 @@ class TrainConfig:
             need(d.world.shots >= 1, "data.world.shots", f"must be >= 1, got {d.world.shots}")
             need(d.world.protocol in WORLD_PROTOCOLS, "data.world.protocol",
                  f"must be one of {WORLD_PROTOCOLS}, got {d.world.protocol!r}")
+        if d.world is not None:
+            need(d.world.test_per_class is None or d.world.test_per_class >= 1, "data.world.test_per_class",
+                 f"must be >= 1 or null, got {d.world.test_per_class}")
+            need(d.world.context is None or 0 <= d.world.context <= 1, "data.world.context",
+                 f"must be a probability in [0, 1] or null, got {d.world.context}")
+        need(self.loss.text_consistency >= 0, "loss.text_consistency",
+             f"must be >= 0 (0 disables), got {self.loss.text_consistency}")
+        need("{}" in self.loss.text_consistency_template, "loss.text_consistency_template",
+             f"must contain '{{}}' for the class name, got {self.loss.text_consistency_template!r}")
         need(a.mode in ANCHOR_MODES, "anchors.mode", f"must be one of {ANCHOR_MODES}, got {a.mode!r}")
         need(a.weight >= 0, "anchors.weight", f"must be >= 0, got {a.weight}")
         need(a.batch_size >= 1, "anchors.batch_size", f"must be >= 1, got {a.batch_size}")

@@ -232,11 +232,13 @@ def _world_datasets(cfg: TrainConfig, *, train: bool) -> Datasets:
     from promptcouple import world
 
     w, d = cfg.data.world, cfg.data
-    common = dict(world_seed=w.world_seed, frames=d.num_frames, res=d.image_size)
+    common = dict(world_seed=w.world_seed, frames=d.num_frames, res=d.image_size, shift=w.shift,
+                  context=w.context, test_per_class=w.test_per_class)
     try:
         if w.dataset == "hardsrc":  # the hard-prompt source: all its classes, train / test
             get = lambda split: world.hard_prompt_source(split, shots=w.shots, split_seed=w.split_seed,  # noqa: E731
-                                                          world_seed=w.world_seed)
+                                                          world_seed=w.world_seed, shift=w.shift,
+                                                          test_per_class=w.test_per_class)
             train_set, evals = (get("train") if train else None), {"val": get("test")}
         else:
             get = lambda split: world.get_dataset(w.dataset, split, shots=w.shots,  # noqa: E731
@@ -261,7 +263,8 @@ def _world_anchors(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     from promptcouple import world
 
     w = cfg.data.world
-    ds, labels = world.anchor_set(per_class=cfg.anchors.per_class, world_seed=w.world_seed if w else 0)
+    ds, labels = world.anchor_set(per_class=cfg.anchors.per_class, world_seed=w.world_seed if w else 0,
+                                  shift=w.shift if w else None)
     return ds, list(labels)
 
 

@@ -2,10 +2,11 @@
 
 ``train(config)`` runs the protocol of METHOD.md: AdamW on the prompt parameters only, a linear
 warm-up then a cosine decay stepped per optimizer step, cross-entropy over the training classes plus
-the anchor term, optional mixed precision, gradient accumulation and gradient checkpointing. Every
-epoch ends with an atomic checkpoint; ``resume=True`` continues a stopped run and reaches the same
-prompts as an uninterrupted run (bit-identical on CPU), because the data order and every random draw
-of an epoch are functions of (seed, epoch, rank) alone, never of what ran before.
+the anchor term and, optionally, the KgCoOp-style text-consistency term (``loss.text_consistency``),
+optional mixed precision, gradient accumulation and gradient checkpointing. Every epoch ends with
+an atomic checkpoint; ``resume=True`` continues a stopped run and reaches the same prompts as an
+uninterrupted run (bit-identical on CPU), because the data order and every random draw of an epoch
+are functions of (seed, epoch, rank) alone, never of what ran before.
 
 Outputs in ``run.output_dir``: ``checkpoint.pt`` (last epoch), ``log.jsonl`` (one line per logged
 step, epoch and evaluation), ``results.json`` and ``prompts.safetensors`` (final prompts).
@@ -226,17 +227,19 @@ def build_wrapper(cfg: TrainConfig, device: Union[str, torch.device] = "cpu", *,
 # ------------------------------------------------------------------------------------ the step
 
 class TrainStep(nn.Module):
-    """One micro-step's loss, computed in a single forward.
+    """One micro-step's loss (cross-entropy, anchor term, text-consistency term), in a single forward.
 
     DDP wraps this module rather than the bare wrapper because the anchor term runs the prompted
     towers a second time (on anchor clips): inside one DDP forward every use of the prompts belongs
     to the same reduction, with no ``find_unused_parameters`` and no extra synchronisation.
     """
 
-    def __init__(self, wrapper: nn.Module, regularizer: Optional[nn.Module] = None):
+    def __init__(self, wrapper: nn.Module, regularizer: Optional[nn.Module] = None,
+                 text_regularizer: Optional[nn.Module] = None):
         super().__init__()
         self.wrapper = wrapper
         object.__setattr__(self, "regularizer", regularizer)  # no parameters; keep it out of DDP
+        object.__setattr__(self, "text_regularizer", text_regularizer)
 
     def forward(self, frames: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
                 anchor_clips: Optional[torch.Tensor] = None,
@@ -258,6 +261,10 @@ class TrainStep(nn.Module):
             anchor = reg(anchor_clips, labels=anchor_labels, class_features=text)
             parts["anchor"] = anchor.detach()
             loss = loss + anchor
+        if self.text_regularizer is not None:
+            consistency = self.text_regularizer(text)
+            parts["text"] = consistency.detach()
+            loss = loss + consistency
         return loss, parts
 
 
@@ -398,7 +405,14 @@ class Trainer:
                 self.regularizer = pc.AnchorRegularizer(self.wrapper, ds.anchor_labels, mode=a.mode,
                                                         weight=a.weight, classnames=ds.classnames,
                                                         template=a.template)
-        self.step_module = TrainStep(self.wrapper, self.regularizer)
+        text_regularizer = None
+        if cfg.loss.text_consistency > 0:
+            import promptcouple as pc
+
+            text_regularizer = pc.TextConsistencyRegularizer(self.wrapper, ds.classnames,
+                                                             weight=cfg.loss.text_consistency,
+                                                             template=cfg.loss.text_consistency_template)
+        self.step_module = TrainStep(self.wrapper, self.regularizer, text_regularizer)
         if ctx.distributed:
             # Only the prompts are synchronised: frozen host weights and buffers are identical on
             # every rank by construction, so DDP neither broadcasts nor reduces them.

@@ -1,0 +1,281 @@
+"""The benchmark scripts (tiny smoke runs on a random tiny CLIP) and their helpers.
+
+Also the Trainer options the benchmarks rely on: ``loss.text_consistency`` (the KgCoOp-style
+baseline) and the world's ``test_per_class``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import base2novel  # noqa: E402
+import few_shot  # noqa: E402
+import protocols as P  # noqa: E402
+import zero_shot  # noqa: E402
+
+import promptcouple as pc  # noqa: E402
+from promptcouple.data import write_label_csv  # noqa: E402
+from promptcouple.train import TrainConfig, Trainer, build_wrapper, hm, write_clip_file  # noqa: E402
+from promptcouple.train.config import ConfigError  # noqa: E402
+from promptcouple.train.data import build_datasets, synthetic_clips  # noqa: E402
+
+TINY = ["--model", "tiny", "--splits", "1", "--epochs", "1", "--shots", "2", "--batch-size", "4",
+        "--test-per-class", "2", "--workers", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny steps on a shared machine are much slower with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_hm(rec: dict) -> None:
+    assert rec["hm"] == pytest.approx(2 * rec["base"] * rec["novel"] / (rec["base"] + rec["novel"])
+                                      if rec["base"] + rec["novel"] else 0.0)
+
+
+# ----------------------------------------------------------------------------------- smoke runs
+
+def test_base2novel_smoke(tmp_path):
+    out = tmp_path / "b2n.json"
+    doc = base2novel.main(TINY + ["--datasets", "whmdb", "--methods", "zero-shot", "ga2",
+                                  "--out", str(tmp_path), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == json.loads(json.dumps(doc["runs"]))
+    runs = {r["method"]: r for r in saved["runs"]}
+    assert set(runs) == {"zero-shot", "ga2"}
+    for r in saved["runs"]:
+        assert r["dataset"] == "whmdb" and r["seconds"] > 0
+        assert 0 <= r["base"] <= 100 and 0 <= r["novel"] <= 100
+        assert_hm(r)
+    assert runs["ga2"]["split"] == 1 and runs["zero-shot"]["split"] is None  # frozen: no training split
+    assert [p["epoch"] for p in runs["ga2"]["curve"]] == [1]
+    assert runs["ga2"]["curve"][-1]["base"] == runs["ga2"]["base"]
+    # the coupled method used the hard prompt trained (and cached) on the hard-prompt source
+    hard = Path(saved["hard_prompts"])
+    assert hard.is_file() and hard.parent.parent == tmp_path / "cache"
+    assert torch.equal(pc.load_prompts(hard).tensors["text.ctx"],
+                       pc.load_prompts(runs["ga2"]["prompts"]).tensors["text.hard"])
+    assert saved["machine"]["hard_prompt"]["seconds"] > 0
+    for method, row in saved["table"].items():
+        assert set(row) == {"whmdb", "average"}
+        for cell in row.values():
+            assert_hm(cell)
+        assert row["average"]["base"] == pytest.approx(runs[method]["base"])
+    assert "| GA2, ours (coupling + anchor consistency) |" in saved["markdown"]
+    assert Path(saved["plot"]).stat().st_size > 0
+    assert saved["timing"]["total_s"] >= saved["timing"]["runs_s"] > 0 and saved["timing"]["cpu_s"] > 0
+    assert {"cpus", "loadavg", "loadavg_end", "workers"} <= set(saved["machine"])
+    again = base2novel.main(TINY + ["--datasets", "whmdb", "--methods", "ga2", "--out", str(tmp_path)])
+    assert again["machine"]["hard_prompt"] == {"cached": str(hard)}  # trained once per world and layout
+
+
+def test_few_shot_and_zero_shot_smoke(tmp_path):
+    doc = few_shot.main(TINY + ["--datasets", "whmdb", "--methods", "zero-shot", "coop", "--shot-list", "1", "2",
+                                "--out", str(tmp_path)])
+    keys = sorted((r["method"], r["shots"]) for r in doc["runs"])
+    assert keys == [("coop", 1), ("coop", 2), ("zero-shot", None)]
+    assert set(doc["table"]["coop"]["whmdb"]) == {1, 2}
+    assert doc["table"]["zero-shot"]["whmdb"][1] == doc["table"]["zero-shot"]["whmdb"][2]
+    assert (tmp_path / "few_shot.json").is_file()
+
+    doc = zero_shot.main(TINY + ["--datasets", "whmdb", "wucf", "--source", "whmdb", "--methods", "ivlp",
+                                 "--out", str(tmp_path)])
+    (rec,) = doc["runs"]
+    assert doc["targets"] == ["wucf"] and set(rec["transfer"]) == {"wucf"}
+    assert doc["table"]["ivlp"]["average"] == rec["transfer"]["wucf"]["top1"]
+
+
+def test_real_data_path_with_list_files(tmp_path):
+    """The --data-config path, end to end, with clip files standing in for video lists."""
+    d = tmp_path / "data"
+    d.mkdir()
+    base, novel, anchors = ["red", "green"], ["blue", "white"], ["jumping", "waving"]
+    for split in (1, 2):
+        write_clip_file(d / f"train_s{split}.safetensors", *synthetic_clips(8, 2, seed=split), base)
+    write_clip_file(d / "base.safetensors", *synthetic_clips(4, 2, seed=5), base)
+    write_clip_file(d / "novel.safetensors", *synthetic_clips(4, 2, seed=6), novel)
+    write_clip_file(d / "anchors.safetensors", *synthetic_clips(2, 2, seed=7), anchors)
+    write_clip_file(d / "hardsrc.safetensors", *synthetic_clips(8, 2, seed=8), ["pink", "grey"])
+    write_label_csv(d / "novel.csv", novel)
+    spec = {"datasets": {"toy": {"base_to_novel": {"train_list": "train_s{split}.safetensors",
+                                                   "val_list": "base.safetensors", "novel_list": "novel.safetensors",
+                                                   "novel_labels": "novel.csv"}}},
+            "anchors": {"list": "anchors.safetensors"},
+            "hard_prompt_source": {"train_list": "hardsrc.safetensors"}}
+    (d / "data.yaml").write_text(yaml.safe_dump(spec))
+    doc = base2novel.main(["--model", "tiny", "--data-config", str(d / "data.yaml"), "--frames", "2", "--epochs", "2",
+                           "--batch-size", "4", "--splits", "2", "--workers", "1", "--methods", "ivlp", "ga2",
+                           "--out", str(tmp_path / "out")])
+    assert sorted((r["method"], r["split"]) for r in doc["runs"]) == [("ga2", 1), ("ga2", 2), ("ivlp", 1), ("ivlp", 2)]
+    for r in doc["runs"]:
+        assert_hm(r)
+        assert [p["epoch"] for p in r["curve"]] == [1, 2]  # evaluated after every epoch
+        assert {k: r["curve"][-1][k] for k in ("base", "novel", "hm")} == {k: r[k] for k in ("base", "novel", "hm")}
+    assert doc["data"] == str(d / "data.yaml") and doc["hyperparameters"]["num_frames"] == 2
+
+
+def test_released_anchor_computation_is_inert(tmp_path):
+    """GA2's released anchor term (one label, added to every logit) trains the same prompts as
+    coupling alone: the row that measures it must show exactly that."""
+    doc = base2novel.main(TINY + ["--datasets", "whmdb", "--methods", "coupling", "ga2-reference", "ga2",
+                                  "--epochs", "2", "--out", str(tmp_path)])
+    runs = {r["method"]: r for r in doc["runs"]}
+    ref, coupled, ours = (pc.load_prompts(runs[m]["prompts"]).tensors for m in ("ga2-reference", "coupling", "ga2"))
+    for key in coupled:  # float round-off of a constant's softmax gradient only
+        torch.testing.assert_close(ref[key], coupled[key], rtol=0, atol=1e-4)
+    assert any(not torch.allclose(ours[k], coupled[k], atol=1e-3) for k in coupled)  # our anchors do act
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+def rec(method, dataset, split, base, novel, seconds=1.0):
+    return {"method": method, "dataset": dataset, "split": split, "shots": 16, "base": base, "novel": novel,
+            "hm": hm(base, novel), "seconds": seconds}
+
+
+def test_table_means_splits_then_takes_hm():
+    records = [rec("ivlp", "a", 1, 80, 20), rec("ivlp", "a", 2, 60, 40), rec("ivlp", "b", 1, 50, 50),
+               rec("zero-shot", "a", None, 40, 40), rec("zero-shot", "b", None, 30, 50)]
+    methods = P.resolve_methods(["zero-shot", "ivlp"], [])
+    table = P.base_novel_table(records, methods, ["a", "b"])
+    a = table["ivlp"]["a"]
+    assert (a["base"], a["novel"], a["n"]) == (70, 30, 2)
+    assert a["hm"] == pytest.approx(42.0)  # HM of the means, not the mean of HMs (33.2)
+    assert a["base_sd"] == pytest.approx(math.sqrt(200))
+    avg = table["ivlp"]["average"]
+    assert (avg["base"], avg["novel"]) == (60, 40) and avg["hm"] == pytest.approx(48.0)
+    acc = base2novel.acceptance(table)
+    assert acc["ivlp_base_gain"] == pytest.approx(60 - 35)
+    assert acc["gap_widening"] == pytest.approx((60 - 40) - (35 - 45)) and acc["gap_widening_ok"]
+
+
+def test_format_base_novel_layout():
+    methods = P.resolve_methods(["zero-shot", "ivlp"], [])
+    table = {"ivlp": {"a": {"base": 70.04, "novel": 30.0, "hm": 42.0}, "average": {"base": 1, "novel": 2, "hm": 3}},
+             "zero-shot": {"average": {"base": 4, "novel": 5, "hm": 6}}}
+    lines = P.format_base_novel(table, methods, ["a"]).splitlines()
+    assert lines[0] == "| method | a B / N / HM | average B / N / HM |"
+    assert lines[1] == "|---|---|---|"
+    assert lines[2] == "| zero-shot (frozen, template) | - | 4.0 / 5.0 / 6.0 |"  # registry order, gaps as -
+    assert lines[3] == "| IVLP (ViFi-CLIP VL prompting) | 70.0 / 30.0 / 42.0 | 1.0 / 2.0 / 3.0 |"
+
+
+def test_format_grid_and_few_shot_table():
+    grid = P.format_grid({("m", "x"): 1.25}, [("m", "M")], [("x", "X"), ("y", "Y")], digits=2)
+    assert grid.splitlines()[-1] == "| M | 1.25 | - |"
+    runs = [{"method": "coop", "dataset": "d", "split": s, "shots": k, "top1": 10.0 * k + s, "seconds": 1}
+            for k in (2, 4) for s in (1, 2)] + [{"method": "zero-shot", "dataset": "d", "split": None, "shots": None,
+                                                 "top1": 5.0, "seconds": 1}]
+    methods = P.resolve_methods(["zero-shot", "coop"], [])
+    table = few_shot.few_shot_table(runs, methods, ["d"], [2, 4])
+    assert table["coop"]["d"] == {2: 21.5, 4: 41.5} and table["zero-shot"]["d"] == {2: 5.0, 4: 5.0}
+    text = few_shot.format_few_shot(table, methods, ["d"], [2, 4])
+    assert "| CoOp | 21.5 / 41.5 | 21.5 / 41.5 |" in text
+
+
+def test_transfer_values():
+    runs = [{"method": "ivlp", "top1": 50.0 + s, "transfer": {"t": {"top1": 10.0 * s}}} for s in (1, 2)]
+    assert zero_shot.transfer_values(runs, "src") == {("ivlp", "src"): 51.5, ("ivlp", "t"): 15.0}
+
+
+def test_methods_are_the_documented_configs():
+    s = P.Setting(n_ctx=8, n_vision_ctx=4, depth=4)
+    coop = P.prompt_section(P.METHODS["coop"], s, None)
+    assert coop == {"n_ctx": 8, "text_depth": 1, "vision_depth": 0, "n_vision_ctx": 0}
+    ivlp = P.prompt_section(P.METHODS["ivlp"], s, None)
+    assert ivlp == {"n_ctx": 8, "text_depth": 4, "vision_depth": 4, "n_vision_ctx": 4}
+    assert P.prompt_section(P.METHODS["ga2"], s, "h.safetensors")["hard_prompts"] == "h.safetensors"
+    with pytest.raises(SystemExit, match="needs a hard prompt"):
+        P.prompt_section(P.METHODS["coupling"], s, None)
+    with pytest.raises(SystemExit, match=r"unknown method\(s\) \['nope'\]"):
+        P.resolve_methods(["ivlp", "nope"], [])
+    spec = P.run_config(P.METHODS["kgcoop"], s, {"name": "tiny"}, {"world": {"dataset": "whmdb"}, "image_size": 32},
+                        Path("x"), seed=3)
+    cfg = TrainConfig.from_dict(spec["config"])
+    assert cfg.loss.text_consistency == 8.0 and cfg.run.seed == 3 and cfg.eval.every_epochs == 1
+    assert not cfg.anchors.enabled
+
+
+def test_list_source_fills_placeholders_and_resolves_paths(tmp_path):
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"datasets": {
+        "h": {"few_shot": {"train_list": "fs_{shots}_s{split}.txt", "labels": "l.csv"},
+              "zero_shot": {"val_list": "v.txt", "labels": "l.csv"}}}}))
+    src = P.ListSource(str(tmp_path / "d.yaml"), P.Setting(num_frames=3, image_size=32))
+    assert src.datasets("few_shot") == ["h"] and src.datasets("base_to_novel") == []
+    data = src.data("h", "few_shot", 2, 8)
+    assert data == {"train_list": "fs_8_s2.txt", "labels": "l.csv", "num_frames": 3, "image_size": 32}
+    spec = P.run_config(P.METHODS["ivlp"], P.Setting(), {"name": "tiny"}, data, tmp_path / "r", seed=0,
+                        base_dir=tmp_path)
+    cfg = TrainConfig.from_dict(spec["config"], base_dir=spec["base_dir"])
+    assert cfg.data.train_list == str(tmp_path / "fs_8_s2.txt")
+    assert src.data("h", "zero_shot", 1, 16)["train_list"] == "v.txt"  # evaluation-only section
+    with pytest.raises(SystemExit, match="has no 'base_to_novel' section"):
+        src.data("h", "base_to_novel", 1, 16)
+
+
+def test_handcrafted_is_the_frozen_model_with_the_template():
+    cfg = TrainConfig.from_dict({"model": {"name": "tiny"}, "prompts": {"n_ctx": 4, "text_depth": 2, "vision_depth": 2,
+                                                                        "n_vision_ctx": 4},
+                                 "data": {"world": {"dataset": "whmdb"}, "image_size": 32}})
+    wrapper = build_wrapper(cfg)
+    frames = torch.randn(3, 2, 3, 32, 32)
+    names = ["red thing", "blue thing"]
+    got = P.HandCrafted(wrapper, "a video of a {}.")(frames, names)
+    with torch.no_grad():
+        prompted = wrapper(frames, names)
+    host = wrapper.unwrap()  # the plain host: what zero-shot CLIP computes
+    with torch.no_grad():
+        ids = wrapper.tokenizer([f"a video of a {n}." for n in names])
+        text = torch.nn.functional.normalize(host.encode_text(ids), dim=-1)
+        video = torch.nn.functional.normalize(host.encode_image(frames.flatten(0, 1)).view(3, 2, -1).mean(1), dim=-1)
+        want = host.logit_scale.exp() * video @ text.t()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(prompted, got)  # the prompted model differs: the test can fail
+
+
+# ------------------------------------------------------------------- Trainer options used above
+
+def world_cfg(tmp_path, **over):
+    base = {"model": {"name": "tiny"}, "prompts": {"n_ctx": 4, "text_depth": 2, "vision_depth": 2, "n_vision_ctx": 4},
+            "data": {"world": {"dataset": "whmdb", "shots": 1, "test_per_class": 3}, "image_size": 32, "num_frames": 2},
+            "optim": {"epochs": 1, "batch_size": 5, "warmup_epochs": 0},
+            "run": {"output_dir": str(tmp_path / "run"), "progress": False}}
+    for key, value in over.items():
+        base[key] = {**base.get(key, {}), **value}
+    return TrainConfig.from_dict(base)
+
+
+def test_world_test_per_class(tmp_path):
+    ds = build_datasets(world_cfg(tmp_path), train=False)
+    assert len(ds.evals["base"].dataset) == 3 * 10 and len(ds.evals["novel"].dataset) == 3 * 10
+    with pytest.raises(ConfigError, match=r"data\.world\.test_per_class: must be >= 1"):
+        world_cfg(tmp_path, data={"world": {"dataset": "whmdb", "test_per_class": 0}})
+
+
+def test_text_consistency_term_is_added_to_the_loss(tmp_path):
+    t = Trainer(world_cfg(tmp_path, loss={"text_consistency": 8.0, "text_consistency_template": "a video of a {}."}))
+    frames, labels = next(iter(t.loader))
+    loss, parts = t.step_module(frames, labels, t.datasets.classnames)
+    reg = pc.TextConsistencyRegularizer(t.wrapper, t.datasets.classnames, weight=8.0, template="a video of a {}.")
+    with torch.no_grad():
+        assert parts["text"] > 0
+        torch.testing.assert_close(parts["text"], reg(t.wrapper.encode_text(t.datasets.classnames)).detach())
+    torch.testing.assert_close(loss.detach(), parts["ce"] + parts["text"])
+    off = Trainer(world_cfg(tmp_path / "off"))
+    assert "text" not in off.step_module(frames, labels, off.datasets.classnames)[1]
+    with pytest.raises(ConfigError, match=r"loss\.text_consistency: must be >= 0"):
+        world_cfg(tmp_path, loss={"text_consistency": -1.0})
