@@ -33,13 +33,6 @@ TINY = ["--model", "tiny", "--splits", "1", "--epochs", "1", "--shots", "2", "--
         "--test-per-class", "2", "--workers", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny steps on a shared machine are much slower with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def assert_hm(rec: dict) -> None:

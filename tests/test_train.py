@@ -33,14 +33,6 @@ ANCHORS = ["jumping", "waving"]
 SMALL_PROMPTS = dict(n_ctx=4, text_depth=2, vision_depth=2, n_vision_ctx=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads that wait on each other make
-    these tiny steps 10-100x slower. (Results do not depend on it; bit-identity needs it constant.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
