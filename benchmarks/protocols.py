@@ -610,8 +610,10 @@ def _input_identity(args: argparse.Namespace, source: DataSource) -> dict:
         h = hashlib.sha1()
         for path in sorted(Path(world.__file__).parent.glob("*.py")):
             h.update(path.read_bytes())
-        ident["world_code"] = h.hexdigest()
-        ident["world_checkpoint"] = stamp(world_model.CHECKPOINT)
+        ident["world_code"] = h.hexdigest()[:12]
+        if os.path.isfile(world_model.CHECKPOINT):
+            ident["world_checkpoint"] = hashlib.sha1(Path(world_model.CHECKPOINT).read_bytes()).hexdigest()[:12]
+        ident["world_defaults"] = {"shift": world.DEFAULT_SHIFT, "context": world.DEFAULT_CONTEXT}
     if isinstance(source, ListSource):
         ident["data_config"] = stamp(str(source.path))
     return ident
@@ -820,6 +822,7 @@ class Context:
             "model": model_section(self.args), "data": "world" if self.source.world else str(self.args.data_config),
             "world_seed": self.args.world_seed if self.source.world else None,
             "world_knobs": {"shift": self.args.shift, "context": self.args.context} if self.source.world else None,
+            "inputs": _input_identity(self.args, self.source),
             "splits": self.splits, "methods": [m.name for m in self.methods], "datasets": self.datasets,
             "hyperparameters": dataclasses.asdict(self.setting), "hard_prompts": self.hard_prompts,
             **results, "markdown": markdown, "timing": self.timing,
