@@ -91,6 +91,9 @@ def main(argv=None) -> dict:
                      f"{'met' if acc['gap_widening_ok'] else 'NOT met'})")
         if "ga2_hm_minus_ivlp_hm" in acc:
             markdown += f"; GA2 (ours) HM - IVLP HM: {acc['ga2_hm_minus_ivlp_hm']:+.1f}"
+        if args.quick:
+            markdown += (f"\n(quick setting: {len(ctx.splits)} split(s), {ctx.setting.epochs} epochs; the criteria "
+                         "are judged on the full run)")
     return ctx.finish("base2novel", {"runs": records, "table": table, "acceptance": acc,
                                      "plot": str(made) if made else None}, markdown)
 
