@@ -6,6 +6,7 @@ baseline) and the world's ``test_per_class``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -201,6 +202,20 @@ def test_methods_are_the_documented_configs():
     cfg = TrainConfig.from_dict(spec["config"])
     assert cfg.loss.text_consistency == 8.0 and cfg.run.seed == 3 and cfg.eval.every_epochs == 1
     assert not cfg.anchors.enabled
+
+
+def test_world_knobs_come_from_the_preset_and_the_options():
+    parser = argparse.ArgumentParser()
+    P.add_common_args(parser)
+    for argv, context, shift in (([], 1.0, None), (["--quick"], 1.0, None),
+                                 (["--context", "0.25", "--shift", "0.5"], 0.25, 0.5)):
+        args = parser.parse_args(argv)
+        setting = P.make_setting(args)
+        assert (setting.world_context, setting.world_shift) == (context, shift)
+        world = P.make_source(args, setting).data("whmdb", "base_to_novel", 2, 16)["world"]
+        assert world.get("context") == context and world.get("shift") == shift and world["split_seed"] == 2
+    # real data ignores the world's knobs: the preset has none
+    assert P.Setting(**P.REAL_PRESET).world_context is None
 
 
 def test_list_source_fills_placeholders_and_resolves_paths(tmp_path):
