@@ -32,7 +32,6 @@ Timings measured on this project's 2-core CPU machine are in the JSON (``timing`
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -62,9 +61,7 @@ def acceptance(table: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    P.add_common_args(parser)
+    parser = P.make_parser(__doc__)
     parser.add_argument("--plot", default=None, help="PNG of the curves (default OUT/base2novel[_quick].png)")
     args = parser.parse_args(argv)
     ctx = P.start(args, "base_to_novel", DEFAULT_METHODS, shots=[P.make_setting(args).shots])

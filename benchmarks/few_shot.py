@@ -15,7 +15,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -62,9 +61,7 @@ def format_few_shot(table: dict, methods: list[P.Method], datasets: list[str], s
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    P.add_common_args(parser)
+    parser = P.make_parser(__doc__)
     parser.add_argument("--shot-list", type=int, nargs="+", default=None, help=f"values of K (default {SHOTS})")
     args = parser.parse_args(argv)
     shots = sorted(args.shot_list or SHOTS)

@@ -191,6 +191,15 @@ REAL_PRESET = dict(epochs=12, warmup_epochs=2.0, batch_size=8, lr=4e-3, num_fram
                    template="a video of a person {}.")
 
 
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark script's parser: its docstring's first paragraph as the description, the whole
+    docstring as the epilog, and the options every benchmark script takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The options every benchmark script takes."""
     g = parser.add_argument_group("backbone and data")
@@ -277,10 +286,9 @@ class WorldSource(DataSource):
 
     world = True
 
-    def __init__(self, world_seed: int = 0, setting: Optional[Setting] = None,
-                 shift: Optional[float] = None, context: Optional[float] = None):
-        self.world_seed, self.shift, self.context = world_seed, shift, context
-        self.setting = setting or Setting()
+    def __init__(self, world_seed: int = 0, setting: Optional[Setting] = None):
+        self.world_seed = world_seed
+        self.setting = setting or Setting()  # its world_shift / world_context are the world's knobs
 
     def datasets(self, protocol: str) -> list[str]:
         return list(WORLD_DATASETS)
@@ -288,7 +296,8 @@ class WorldSource(DataSource):
     def _world(self, dataset: str, protocol: str, split: int, shots: int) -> dict:
         w = {"dataset": dataset, "protocol": protocol, "shots": shots, "split_seed": split,
              "world_seed": self.world_seed}
-        extra = {"test_per_class": self.setting.test_per_class, "shift": self.shift, "context": self.context}
+        s = self.setting
+        extra = {"test_per_class": s.test_per_class, "shift": s.world_shift, "context": s.world_context}
         w.update({k: v for k, v in extra.items() if v is not None})
         return w
 
@@ -311,7 +320,8 @@ class WorldSource(DataSource):
 
         path = out / "cache" / f"anchors_else_world{self.world_seed}_n{setting.anchor_per_class}.safetensors"
         if not path.exists():
-            kw = {"shift": self.shift} if self.shift is not None else {}
+            shift = self.setting.world_shift
+            kw = {"shift": shift} if shift is not None else {}
             clips, _ = world.anchor_set(per_class=setting.anchor_per_class, world_seed=self.world_seed, **kw)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -397,7 +407,7 @@ def make_source(args: argparse.Namespace, setting: Setting) -> DataSource:
         return ListSource(args.data_config, setting)
     if args.model not in ("world", "tiny"):
         raise SystemExit(f"--model {args.model}: real backbones need --data-config (list files per dataset)")
-    return WorldSource(args.world_seed, setting, setting.world_shift, setting.world_context)
+    return WorldSource(args.world_seed, setting)
 
 
 # ----------------------------------------------------------------------------------- configs

@@ -16,7 +16,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -39,9 +38,7 @@ def transfer_values(records: list[dict], source: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    P.add_common_args(parser)
+    parser = P.make_parser(__doc__)
     parser.add_argument("--source", default=None, help="dataset trained on (default wk400, or the data file's first)")
     args = parser.parse_args(argv)
     # Resolve the source and targets before start(), which renders (and checks) the datasets.

@@ -6,7 +6,6 @@ baseline) and the world's ``test_per_class``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -205,8 +204,7 @@ def test_methods_are_the_documented_configs():
 
 
 def test_world_knobs_come_from_the_preset_and_the_options():
-    parser = argparse.ArgumentParser()
-    P.add_common_args(parser)
+    parser = P.make_parser("knobs")
     for argv, context, shift in (([], 1.0, None), (["--quick"], 1.0, None),
                                  (["--context", "0.25", "--shift", "0.5"], 0.25, 0.5)):
         args = parser.parse_args(argv)
