@@ -94,19 +94,17 @@ class AnchorRegularizer(nn.Module):
 
     def frozen_text_features(self) -> torch.Tensor:
         """Negative prompts through the frozen, un-prompted text tower: computed once, then cached."""
-        device = self.wrapper.spec.token_embedding.weight.device
+        device = self.wrapper.device
         if self._frozen_text is None or self._frozen_text.device != device:
             texts = [self.template.format(x.replace("_", " ")) for x in self.anchor_labels]
             self._frozen_text = self.wrapper.encode_frozen_text(texts)
         return self._frozen_text
 
     def _video(self, clips: torch.Tensor):
-        if self.wrapper.video_specific:
-            return self.wrapper.encode_video(clips, return_tokens=True)
-        return self.wrapper.encode_video(clips), None
+        return self.wrapper.encode_video(clips, return_tokens=True)
 
-    def _specialize(self, text: torch.Tensor, tokens) -> torch.Tensor:
-        return self.wrapper.model.specialize_text(text, tokens) if tokens is not None else text
+    def _specialize(self, text: torch.Tensor, context) -> torch.Tensor:
+        return self.wrapper.host.specialize_text(text, context) if context is not None else text
 
     def forward(self, anchor_clips: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 class_features: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -111,7 +111,7 @@ def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: 
 
 def save_prompts(wrapper, path: PathLike) -> None:
     """Save a wrapper's prompts (with hard prompt and config) to ``path``."""
-    write_prompt_file(path, prompt_tensors(wrapper.prompts), wrapper.config, wrapper.spec.kind)
+    write_prompt_file(path, prompt_tensors(wrapper.prompts), wrapper.config, wrapper.host.kind)
 
 
 def load_prompts(path: PathLike) -> PromptFile:

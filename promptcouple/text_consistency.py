@@ -36,7 +36,7 @@ class TextConsistencyRegularizer(nn.Module):
 
     def frozen_features(self) -> torch.Tensor:
         """Hand-crafted class features of the frozen tower: computed once, then cached."""
-        device = self.wrapper.spec.token_embedding.weight.device
+        device = self.wrapper.device
         if self._frozen is None or self._frozen.device != device:
             texts = [self.template.format(c.replace("_", " ")) for c in self.classnames]
             self._frozen = F.normalize(self.wrapper.encode_frozen_text(texts), dim=-1)

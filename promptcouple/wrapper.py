@@ -1,13 +1,13 @@
 """CouplingPromptWrapper: coupled text context and deep prompts on a CLIP-style host, by hooks alone.
 
-The host is never forked or edited. Hooks registered once (and removed by ``unwrap``) replace a
-slice of the activations at the points INTEGRATION.md lists:
+The host is never forked or edited. Its adapter (``promptcouple.adapters``) names the sites; hooks
+registered once (and removed by ``unwrap``) replace a slice of the activations there:
 
-* ``token_embedding`` (forward hook): positions ``1..n_ctx`` become the coupled text context;
-* text block ``i`` (pre-hook), ``1 <= i < text_depth``: positions ``1..n_ctx`` become layer ``i``'s tokens;
-* ``visual.ln_pre`` (pre-hook): ``n_vision_ctx`` tokens are appended;
-* vision block ``i`` (pre-hook), ``1 <= i < vision_depth``: the last ``n_vision_ctx`` tokens are replaced;
-* ``visual.transformer`` (forward hook): the prompt tokens are stripped again, so any pooling works.
+* text embedding output: the placeholder positions become the coupled text context;
+* text block ``i`` (pre-hook), ``1 <= i < text_depth``: the same positions become layer ``i``'s tokens;
+* vision insert site: ``n_vision_ctx`` tokens join the sequence (last, or after the prefix tokens);
+* vision block ``i`` (pre-hook), ``1 <= i < vision_depth``: those tokens are replaced;
+* vision strip site: the prompt tokens leave again, so any pooling works.
 
 Replacing a slice is idempotent, so gradient checkpointing may recompute a block in backward.
 """
@@ -22,54 +22,50 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
 from torch import nn
 
-from promptcouple.adapters import HostSpec, resolve_host
+from promptcouple.adapters import HostAdapter, UnsupportedHostError, resolve_host
+from promptcouple.adapters.base import cosine_logits, hidden_states, map_sequence
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
 from promptcouple.prompts import PromptLearner
+from promptcouple.tokenize import PromptTokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
 HardPrompts = Union[None, PathLike, torch.Tensor, "PromptFile"]  # noqa: F821 (io.PromptFile)
-
-
-def default_tokenizer(context_length: int):
-    """open_clip's CLIP BPE tokenizer at the host's context length."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=context_length)
-
-
-def _count_tokens(tokenizer, text: str) -> int:
-    """Word-piece count of ``text`` without start/end tokens."""
-    if hasattr(tokenizer, "encode"):
-        return len(tokenizer.encode(text))
-    ids = tokenizer([text])[0]
-    return int(ids.argmax()) - 1  # CLIP convention: EOT has the largest id
 
 
 class CouplingPromptWrapper(nn.Module):
     """Prompt-tune a frozen CLIP-style model: ``CouplingPromptWrapper(model, config, hard_prompts=...)``.
 
     Args:
-        model: An open_clip ``CLIP``, a model in the OpenAI CLIP layout, or a video model that holds
-            one of those as ``.clip`` and defines ``encode_video`` (X-CLIP style).
+        model: Any host a registered adapter serves (open_clip ``CLIP``/``CustomTextCLIP``, the
+            OpenAI layout, Hugging Face ``CLIPModel``/``SiglipModel``/``XCLIPModel``, X-CLIP, a video
+            model holding a CLIP as ``.clip``; see the README's host table).
         config: Prompt sizes and depths; ``None`` for the paper's configuration.
         hard_prompts: A frozen context ``(n_ctx, d_text)`` learned on another dataset: a tensor, a
             prompt file (its effective layer-0 context is used) or a loaded ``PromptFile``. With it
             the soft context is coupled to it through a learnable mapping layer.
-        tokenizer: Tokenizer for class prompts (default: open_clip's CLIP BPE tokenizer).
-        short_text: Run the text tower only up to the longest prompt (exact; see ``encode_text``).
+        tokenizer: Tokenizer for class prompts (default: the adapter's; open_clip's CLIP BPE).
+        short_text: Run the text tower only up to the longest prompt where that is exact.
+        train_host: Names of host submodules that train beside the prompts (X-CLIP trains its
+            ``mit`` and ``prompts_generator``); they are saved in prompt files too.
     """
 
     def __init__(self, model: nn.Module, config: Optional[CouplingConfig] = None, *,
-                 hard_prompts: HardPrompts = None, tokenizer: Any = None, short_text: bool = True):
+                 hard_prompts: HardPrompts = None, tokenizer: Any = None, short_text: bool = True,
+                 train_host: Sequence[str] = ()):
         super().__init__()
-        spec = resolve_host(model)
+        _refuse_double_wrap(model)
+        host = resolve_host(model)
         config = config if config is not None else CouplingConfig()
+        if config.has_vision_prompts and host.vision is None:
+            raise UnsupportedHostError(
+                f"{host.vision_refusal or host.family + ' has no vision prompt site'}; this config asks for "
+                f"{config.n_vision_ctx} vision prompt tokens: set n_vision_ctx=0, vision_depth=0 (text prompts only)")
         self.model = model
-        self.spec: HostSpec = spec
-        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(spec.context_length)
+        self.host: HostAdapter = host
+        self.tokenizer = PromptTokenizer(tokenizer if tokenizer is not None else host.default_tokenizer(),
+                                         host.text.context_length)
         self.short_text = short_text
         self._active = True
         self._wrapped = True
@@ -78,16 +74,25 @@ class CouplingPromptWrapper(nn.Module):
 
         config, ctx_init = self._resolve_context(config)
         self._check_depths(config)
-        hard = _resolve_hard_prompts(hard_prompts, (config.n_ctx, spec.text_width))
-        device = next(model.parameters()).device
-        self.prompts = PromptLearner(config, spec.text_width, spec.vision_width, ctx_init, hard).to(device)
+        self._ctx_start = self.tokenizer.prefix_start(self._prefix(config))
+        hard = _resolve_hard_prompts(hard_prompts, (config.n_ctx, host.text.width))
+        device = host.parameter.device
+        vision_width = host.vision.width if host.vision is not None else 0
+        self.prompts = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(device)
 
         # Freeze the host, remembering what was trainable so unwrap() restores it exactly.
         self._host_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         model.requires_grad_(False)
+        self.train_host = tuple(train_host)
+        for name in self.train_host:
+            try:
+                model.get_submodule(name).requires_grad_(True)
+            except AttributeError:
+                raise ValueError(f"train_host: the host has no submodule {name!r}") from None
         self._handles = self._register_hooks()
-        for owner in spec.intermediates_owners:  # they call blocks directly: the strip hook never fires
+        for owner in host.intermediates_owners():  # they call blocks directly: the strip hook never fires
             owner.forward_intermediates = partial(_refuse_intermediates, type(owner).__name__)
+        host.on_wrap()
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -95,42 +100,64 @@ class CouplingPromptWrapper(nn.Module):
     def config(self) -> CouplingConfig:
         return self.prompts.config
 
+    @property
+    def spec(self) -> HostAdapter:
+        """The host adapter (older name)."""
+        return self.host
+
+    @property
+    def device(self) -> torch.device:
+        return self.host.parameter.device
+
+    @staticmethod
+    def _prefix(config: CouplingConfig) -> str:
+        return config.ctx_init.replace("_", " ") if config.ctx_init else " ".join(["X"] * config.n_ctx)
+
     def _resolve_context(self, config: CouplingConfig) -> tuple[CouplingConfig, Optional[torch.Tensor]]:
         if config.ctx_init is None:
             return dataclasses.replace(config, n_ctx=config.n_ctx or DEFAULT_N_CTX), None
         phrase = config.ctx_init.replace("_", " ")
-        n = _count_tokens(self.tokenizer, phrase)
+        n = self.tokenizer.count(phrase)
         if config.n_ctx not in (None, n):
             raise ValueError(f"ctx_init {phrase!r} has {n} tokens but n_ctx={config.n_ctx}; "
                              "leave n_ctx=None to take the phrase's length")
-        ids = self.tokenizer([phrase])[0, 1:1 + n].to(self.spec.token_embedding.weight.device)
+        start = self.tokenizer.prefix_start(phrase)
+        embedding = self.host.text.embedding
+        ids = self.tokenizer([phrase])[0, start:start + n].to(self.host.parameter.device)
         with torch.no_grad():
-            init = self.spec.token_embedding(ids).float()
+            init = embedding(ids.unsqueeze(0))[0].float()
         return dataclasses.replace(config, n_ctx=n), init
 
     def _check_depths(self, config: CouplingConfig) -> None:
-        spec = self.spec
-        if config.text_depth > len(spec.text_blocks):
-            raise ValueError(f"text_depth={config.text_depth} but the text tower has {len(spec.text_blocks)} layers")
-        if config.vision_depth > len(spec.vision_blocks):
+        text, vision = self.host.text, self.host.vision
+        if config.text_depth > len(text.blocks):
+            raise ValueError(f"text_depth={config.text_depth} but the text tower has {len(text.blocks)} layers")
+        if vision is not None and config.vision_depth > len(vision.blocks):
             raise ValueError(
-                f"vision_depth={config.vision_depth} but the image tower has {len(spec.vision_blocks)} layers")
-        if 2 + config.n_ctx > spec.context_length:
+                f"vision_depth={config.vision_depth} but the image tower has {len(vision.blocks)} layers")
+        if 2 + config.n_ctx > text.context_length:
             raise ValueError(f"n_ctx={config.n_ctx} leaves no room for a class name "
-                             f"in a context of {spec.context_length} tokens")
+                             f"in a context of {text.context_length} tokens")
 
     def _register_hooks(self) -> list:
-        spec, cfg = self.spec, self.config
-        handles = [spec.token_embedding.register_forward_hook(self._text_context_hook)]
+        text, vision, cfg = self.host.text, self.host.vision, self.config
+        handles = [text.embedding.register_forward_hook(self._text_context_hook)]
         for layer in range(1, cfg.text_depth):
             hook = partial(self._text_deep_hook, layer)
-            handles.append(spec.text_blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
+            handles.append(text.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
         if cfg.has_vision_prompts:
-            handles.append(spec.vision_ln_pre.register_forward_pre_hook(self._vision_append_hook))
-            for layer in range(1, cfg.vision_depth):
+            if vision.insert_on == "input":
+                handles.append(vision.insert.register_forward_pre_hook(self._vision_insert_pre_hook, with_kwargs=True))
+            else:
+                handles.append(vision.insert.register_forward_hook(self._vision_insert_post_hook))
+            adjust = self.host.needs_block_adjustment
+            for layer in range(0 if adjust else 1, len(vision.blocks) if adjust else cfg.vision_depth):
                 hook = partial(self._vision_deep_hook, layer)
-                handles.append(spec.vision_blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
-            handles.append(spec.vision_transformer.register_forward_hook(self._vision_strip_hook))
+                handles.append(vision.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
+            if vision.strip_on == "input":
+                handles.append(vision.strip.register_forward_pre_hook(self._vision_strip_pre_hook, with_kwargs=True))
+            else:
+                handles.append(vision.strip.register_forward_hook(self._vision_strip_post_hook))
         return handles
 
     # ------------------------------------------------------------------------------------ hooks
@@ -140,44 +167,81 @@ class CouplingPromptWrapper(nn.Module):
     def _text_context_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
         if not self._active:
             return None
-        n = self.config.n_ctx
+        s, n = self._ctx_start, self.config.n_ctx
         ctx = self.prompts.text_context(out.shape[0]).to(out.dtype)
-        return torch.cat([out[:, :1], ctx, out[:, 1 + n:]], dim=1)
+        return torch.cat([out[:, :s], ctx, out[:, s + n:]], dim=1)
 
     def _text_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
         if not self._active:
             return None
-        x, n = args[0], self.config.n_ctx
+        x, rebuild = hidden_states(args, kwargs)
+        s, n = self._ctx_start, self.config.n_ctx
         p = self.prompts.text_deep[layer - 1].to(x.dtype)
-        if self.spec.text_seq_first:
-            x = torch.cat([x[:1], p.unsqueeze(1).expand(-1, x.shape[1], -1), x[1 + n:]], dim=0)
+        if self.host.text.seq_first:
+            x = torch.cat([x[:s], p.unsqueeze(1).expand(-1, x.shape[1], -1), x[s + n:]], dim=0)
         else:
-            x = torch.cat([x[:, :1], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, 1 + n:]], dim=1)
-        return (x, *args[1:]), kwargs
+            x = torch.cat([x[:, :s], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, s + n:]], dim=1)
+        return rebuild(x)
 
-    def _vision_append_hook(self, module: nn.Module, args: tuple):
+    def _vision_slice(self, length: int) -> tuple[int, int]:
+        """Where the vision prompt tokens sit in a sequence of ``length`` tokens (prompts included)."""
+        n, offset = self.config.n_vision_ctx, self.host.vision.offset
+        return (length - n, length) if offset is None else (offset, offset + n)
+
+    def _insert(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.prompts.vision_ctx.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        offset = self.host.vision.offset
+        if offset is None:
+            return torch.cat([x, p], dim=1)
+        return torch.cat([x[:, :offset], p, x[:, offset:]], dim=1)
+
+    def _vision_insert_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if not self._active:
             return None
-        x = args[0]  # (N, L, D) in every layout: ln_pre runs before any permute
-        p = self.prompts.vision_ctx.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return (torch.cat([x, p], dim=1), *args[1:])
+        x, rebuild = hidden_states(args, kwargs)
+        return rebuild(self._insert(x))
+
+    def _vision_insert_post_hook(self, module: nn.Module, args: tuple, out: Any):
+        if not self._active:
+            return None
+        return map_sequence(out, self._insert)
 
     def _vision_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
         if not self._active:
             return None
-        x, n = args[0], self.config.n_vision_ctx
+        n = self.config.n_vision_ctx
+        if self.host.needs_block_adjustment:
+            args, kwargs = self.host.adjust_block(args, kwargs, n)
+        if not 1 <= layer < self.config.vision_depth:
+            return args, kwargs
+        x, rebuild = hidden_states(args, kwargs)
+        seq_first = self.host.vision.seq_first
+        a, b = self._vision_slice(x.shape[0 if seq_first else 1])
         p = self.prompts.vision_deep[layer - 1].to(x.dtype)
-        if self.spec.vision_seq_first:
-            x = torch.cat([x[:-n], p.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=0)
+        if seq_first:
+            x = torch.cat([x[:a], p.unsqueeze(1).expand(-1, x.shape[1], -1), x[b:]], dim=0)
         else:
-            x = torch.cat([x[:, :-n], p.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
-        return (x, *args[1:]), kwargs
+            x = torch.cat([x[:, :a], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, b:]], dim=1)
+        return rebuild(x)
 
-    def _vision_strip_hook(self, module: nn.Module, args: tuple, out: torch.Tensor):
+    def _strip(self, x: torch.Tensor) -> torch.Tensor:
+        seq_first = self.host.vision.strip_seq_first
+        length = x.shape[0 if seq_first else 1]
+        a, b = self._vision_slice(length)
+        if b == length:  # prompts last: a view, no copy
+            return x[:a] if seq_first else x[:, :a]
+        return torch.cat([x[:a], x[b:]], dim=0) if seq_first else torch.cat([x[:, :a], x[:, b:]], dim=1)
+
+    def _vision_strip_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if not self._active:
             return None
-        n = self.config.n_vision_ctx
-        return out[:-n] if self.spec.vision_io_seq_first else out[:, :-n]
+        x, rebuild = hidden_states(args, kwargs)
+        return rebuild(self._strip(x))
+
+    def _vision_strip_post_hook(self, module: nn.Module, args: tuple, out: Any):
+        if not self._active:
+            return None
+        return map_sequence(out, self._strip)
 
     # ---------------------------------------------------------------------------------- towers
 
@@ -193,21 +257,24 @@ class CouplingPromptWrapper(nn.Module):
 
     def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
         """The text each class is tokenized from: placeholders (or ``ctx_init``) then the name."""
-        cfg = self.config
-        prefix = cfg.ctx_init.replace("_", " ") if cfg.ctx_init else " ".join(["X"] * cfg.n_ctx)
+        prefix = self._prefix(self.config)
         return [f"{prefix} {name.replace('_', ' ')}." for name in classnames]
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
+        if isinstance(classnames, str):
+            raise ValueError(f"classnames must be a list of class names, got the string {classnames!r}; "
+                             f"write [{classnames!r}] for one class")
         key = tuple(classnames)
         ids = self._ids_cache.get(key)
         if ids is None:
             if not key or not all(isinstance(c, str) and c.strip() for c in key):
                 raise ValueError(f"classnames must be a non-empty list of non-empty strings, got {list(key)[:5]!r}")
             texts = self.prompt_texts(key)
-            limit = self.spec.context_length
+            limit = self.host.text.context_length
+            specials = self._ctx_start + 1  # start token(s) before the prompt, end token after it
             for name, text in zip(key, texts):
-                length = 2 + _count_tokens(self.tokenizer, text)
+                length = specials + self.tokenizer.count(text)
                 if length > limit:
                     raise ValueError(
                         f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
@@ -220,25 +287,30 @@ class CouplingPromptWrapper(nn.Module):
         # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
         return tuple(t._version for t in self.prompts.state_dict(keep_vars=True).values())
 
+    def _host_text(self, ids: torch.Tensor) -> torch.Tensor:
+        short = self.host.encode_text_short(ids) if self.short_text and self.host.text.causal else None
+        return short if short is not None else self.host.encode_text(ids)
+
     def encode_text(self, classnames: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Prompted class features ``(K, D)``.
 
-        The text tower is causal, so where the host allows it only the first ``L`` positions run
-        (``L`` = last end-of-text position + 1): the same features as 77 tokens, at a fraction of
-        the cost. In evaluation under ``no_grad`` features are cached per class set and prompt
-        state, so repeated evaluation batches do not re-encode the classes.
+        Where the text tower is causal and the adapter allows it, only the first ``L`` positions
+        run (``L`` = last end-of-text position + 1): the same features as the full length, at a
+        fraction of the cost. In evaluation under ``no_grad`` features are cached per class set,
+        prompt state, dtype and device, so repeated evaluation batches do not re-encode the classes.
         """
         self._check_wrapped()
         cacheable = not (self.training or torch.is_grad_enabled())
         key = None
         if cacheable:
-            key = (tuple(classnames), self._prompt_version(), self._active, torch.is_autocast_enabled())
+            param = self.host.parameter
+            key = (tuple(classnames), self._prompt_version(), self._active, torch.is_autocast_enabled(),
+                   param.dtype, param.device)
             hit = self._feature_cache.get(key)
             if hit is not None:
                 return F.normalize(hit, dim=-1) if normalize else hit
-        ids = self.tokenize(classnames).to(self.spec.token_embedding.weight.device)
-        short = self.spec.encode_text_short if self.short_text else None
-        features = (short or self.spec.encode_text)(ids)
+        ids = self.tokenize(classnames).to(self.host.parameter.device)
+        features = self._host_text(ids)
         if cacheable:
             self._feature_cache.clear()  # one class set at a time: bounded memory
             self._feature_cache[key] = features
@@ -250,65 +322,62 @@ class CouplingPromptWrapper(nn.Module):
 
         For hand-crafted prompts such as the anchors' negative prompts; callers cache the result.
         """
-        ids = self.tokenizer(list(texts)).to(self.spec.token_embedding.weight.device)
+        ids = self.tokenizer(list(texts)).to(self.host.parameter.device)
         with self.prompts_disabled():
-            return self.spec.encode_text(ids).float()
+            return self.host.encode_text(ids).float()
 
     @property
     def video_specific(self) -> bool:
         """Whether the host conditions text features on each video (X-CLIP style)."""
-        return hasattr(self.model, "specialize_text") and hasattr(self.model, "encode_video")
+        return self.host.video_specific
 
     def encode_video(self, frames: torch.Tensor, normalize: bool = False, return_tokens: bool = False):
         """Video features ``(B, D)`` from frames ``(B, T, C, H, W)``.
 
-        A host with its own ``encode_video`` (X-CLIP style) runs it; otherwise every frame goes
-        through the image tower and the features are averaged over time (ViFi-CLIP).
+        A video host (X-CLIP style) runs its own video path; an image CLIP encodes every frame and
+        averages over time (ViFi-CLIP). ``return_tokens=True`` also returns what the host needs to
+        make class features video-specific (``None`` for image CLIPs); pass it to :meth:`logits`.
         """
         self._check_wrapped()
         if not torch.is_tensor(frames) or frames.ndim != 5:
             shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
             raise ValueError(f"frames must be a tensor (B, T, C, H, W), got {shape}; "
                              "add a time axis with frames.unsqueeze(1) for single images")
-        tokens = None
-        if hasattr(self.model, "encode_video"):
-            out = self.model.encode_video(frames, return_tokens=return_tokens)
-            video, tokens = out if return_tokens else (out, None)
-        else:
-            if return_tokens:
-                raise ValueError("this host has no video tokens; return_tokens needs an X-CLIP style host")
-            b = frames.shape[0]
-            per_frame = self.spec.encode_image(rearrange(frames, "b t c h w -> (b t) c h w"))
-            video = reduce(per_frame, "(b t) d -> b d", "mean", b=b)
+        video, context = self.host.encode_video(frames)
         video = F.normalize(video, dim=-1) if normalize else video
-        return (video, tokens) if return_tokens else video
+        return (video, context) if return_tokens else video
 
     @property
     def logit_scale(self) -> torch.Tensor:
         """The host's (frozen) temperature, exponentiated: 100 for OpenAI's CLIP."""
-        return self.spec.logit_scale.exp()
+        return self.host.logit_scale.exp()
 
-    def logits(self, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine similarities ``(B, K)``; ``text`` is ``(K, D)`` or video-specific ``(B, K, D)``."""
-        video, text = F.normalize(video, dim=-1), F.normalize(text, dim=-1)
-        sims = video @ text.t() if text.ndim == 2 else torch.einsum("bd,bkd->bk", video, text)
-        return self.logit_scale * sims
+    def logits(self, video: torch.Tensor, text: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """Scaled cosine similarities ``(B, K)`` (plus the host's logit bias, if any).
+
+        ``text`` is ``(K, D)`` or video-specific ``(B, K, D)``; with the ``context`` of
+        ``encode_video(..., return_tokens=True)`` a video host makes ``(K, D)`` text video-specific.
+        """
+        if context is not None and text.ndim == 2:
+            text = self.host.specialize_text(text, context)
+        return cosine_logits(video, text.to(video.dtype), self.host.logit_scale, self.host.logit_bias)
 
     def forward(self, frames: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """Logits ``(B, K)`` of videos ``(B, T, C, H, W)`` against prompted class names."""
         text = self.encode_text(classnames)
-        if self.video_specific:
-            video, tokens = self.encode_video(frames, return_tokens=True)
-            text = self.model.specialize_text(text, tokens)
-        else:
-            video = self.encode_video(frames)
-        return self.logits(video, text)
+        video, context = self.encode_video(frames, return_tokens=True)
+        return self.logits(video, text, context)
 
     # ------------------------------------------------------------------------------ parameters
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Named prompt parameters that train (the host is frozen)."""
-        return [(f"prompts.{n}", p) for n, p in self.prompts.named_parameters() if p.requires_grad]
+        """Named parameters that train: the prompts, and the host modules named in ``train_host``."""
+        named = [(f"prompts.{n}", p) for n, p in self.prompts.named_parameters() if p.requires_grad]
+        return named + [(f"model.{n}", p) for n, p in self.host_trainable_parameters()]
+
+    def host_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The ``train_host`` modules' parameters, named relative to the host."""
+        return [(f"{m}.{n}", p) for m in self.train_host for n, p in self.model.get_submodule(m).named_parameters()]
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for _, p in self.trainable_parameters())
@@ -359,8 +428,9 @@ class CouplingPromptWrapper(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for owner in self.spec.intermediates_owners:
+        for owner in self.host.intermediates_owners():
             owner.__dict__.pop("forward_intermediates", None)
+        self.host.on_unwrap()
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._host_requires_grad.get(name, p.requires_grad))
         self._wrapped = False
@@ -383,9 +453,23 @@ class CouplingPromptWrapper(nn.Module):
 
     def extra_repr(self) -> str:
         cfg = self.config
-        return (f"host={self.spec.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
+        return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
                 f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+
+
+def _refuse_double_wrap(model: nn.Module) -> None:
+    """A host already carrying a wrapper's hooks (a re-run notebook cell) would get both sets."""
+    if isinstance(model, CouplingPromptWrapper):
+        raise ValueError("this model is already a CouplingPromptWrapper; wrap the host itself, or reuse the wrapper")
+    for module in model.modules():
+        hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+        for hook in hooks:
+            owner = getattr(getattr(hook, "func", hook), "__self__", None)
+            if isinstance(owner, CouplingPromptWrapper):
+                raise ValueError(
+                    f"this {type(model).__name__} is already wrapped by a CouplingPromptWrapper (its hooks are on "
+                    f"{type(module).__name__}); call .unwrap() on that wrapper first, or keep using it")
 
 
 def _refuse_intermediates(owner: str, *args: Any, **kwargs: Any):

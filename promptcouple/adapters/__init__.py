@@ -1,34 +1,66 @@
-"""Host adapters: recognise a CLIP-style model and describe where the prompt hooks go."""
+"""Host adapters: recognise a CLIP-style model and describe where its prompts go.
+
+One file per host family; :func:`register_host` adds a family (first match wins, newest first),
+:func:`resolve_host` finds the adapter for a model or says what is missing.
+"""
 
 from __future__ import annotations
+
+from typing import Type
 
 import torch
 from torch import nn
 
-from promptcouple.adapters.base import HostSpec, UnsupportedHostError
-from promptcouple.adapters.open_clip import is_open_clip, open_clip_spec
-from promptcouple.adapters.openai import is_openai_layout, openai_spec
+from promptcouple.adapters.base import HostAdapter, TextSite, UnsupportedHostError, VisionSite
+from promptcouple.adapters.open_clip import OpenClipAdapter
+from promptcouple.adapters.openai import OpenAIAdapter
+from promptcouple.adapters.video import ClipVideoModelAdapter
 
-__all__ = ["HostSpec", "UnsupportedHostError", "resolve_host", "clip_core"]
+__all__ = ["HostAdapter", "TextSite", "VisionSite", "UnsupportedHostError", "register_host", "resolve_host",
+           "registered_hosts"]
 
-
-def clip_core(model: nn.Module) -> nn.Module:
-    """The CLIP inside a video model: the model itself, or its ``.clip`` (X-CLIP style hosts)."""
-    inner = getattr(model, "clip", None)
-    return inner if isinstance(inner, nn.Module) and not hasattr(model, "token_embedding") else model
+_REGISTRY: list[Type[HostAdapter]] = []
 
 
-def resolve_host(model: nn.Module) -> HostSpec:
-    """Describe ``model``'s hook points, or say clearly why it cannot be wrapped."""
-    if isinstance(model, torch.jit.ScriptModule):
+def register_host(adapter: Type[HostAdapter]) -> Type[HostAdapter]:
+    """Add a host family; usable as a class decorator. Later registrations are tried first, so a
+    user's adapter can take over a family the package also serves."""
+    if not (isinstance(adapter, type) and issubclass(adapter, HostAdapter)):
+        raise TypeError(f"register_host takes a HostAdapter subclass, got {adapter!r}")
+    if adapter in _REGISTRY:
+        _REGISTRY.remove(adapter)
+    _REGISTRY.insert(0, adapter)
+    return adapter
+
+
+def registered_hosts() -> list[Type[HostAdapter]]:
+    """The registered adapters, in the order they are tried."""
+    return list(_REGISTRY)
+
+
+def resolve_host(model: nn.Module) -> HostAdapter:
+    """The adapter for ``model``, or an :class:`UnsupportedHostError` naming the family and what is missing."""
+    if isinstance(model, torch.jit.ScriptModule) or isinstance(getattr(model, "clip", None), torch.jit.ScriptModule):
         raise UnsupportedHostError("TorchScript models (jit=True) cannot be hooked; load the model with jit=False")
-    core = clip_core(model)
-    if isinstance(core, torch.jit.ScriptModule):
-        raise UnsupportedHostError("TorchScript models (jit=True) cannot be hooked; load the model with jit=False")
-    if is_open_clip(core):
-        return open_clip_spec(core)
-    if is_openai_layout(core):
-        return openai_spec(core)
+    if not isinstance(model, nn.Module):
+        raise UnsupportedHostError(f"expected a torch nn.Module, got {type(model).__name__}")
+    for adapter in _REGISTRY:
+        if adapter.claims(model):
+            return adapter(model)
+    families = ", ".join(a.family for a in reversed(_REGISTRY))
     raise UnsupportedHostError(
-        f"{type(model).__name__} is neither an open_clip CLIP nor a model in the OpenAI CLIP layout "
-        "(token_embedding, transformer.resblocks as nn.Sequential, visual.ln_pre); nothing to hook")
+        f"{type(model).__module__}.{type(model).__name__} is not a host family promptcouple knows "
+        f"(served: {families}); it needs a token embedding and transformer blocks in both towers. "
+        "Describe it with a HostAdapter subclass and pc.register_host(...)")
+
+
+def _register_builtin() -> None:
+    # Tried last to first: specific families before the generic layouts they resemble.
+    for adapter in (OpenAIAdapter, OpenClipAdapter, ClipVideoModelAdapter):
+        register_host(adapter)
+    from promptcouple.adapters import optional  # families whose libraries may be absent
+
+    optional.register_all(register_host)
+
+
+_register_builtin()

@@ -1,13 +1,13 @@
-"""open_clip ``CLIP`` models: batch-first blocks from 2.26 on, sequence-first before."""
+"""open_clip ``CLIP``: its own text transformer and ViT, batch-first from 2.26 on, sequence-first before."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from promptcouple.adapters.base import HostSpec, UnsupportedHostError
+from promptcouple.adapters.base import HostAdapter, TextSite, UnsupportedHostError, VisionSite, project
 
 
 def _open_clip_older_than_2_26() -> bool:
@@ -19,7 +19,7 @@ def _open_clip_older_than_2_26() -> bool:
         return False
 
 
-def _layout(transformer: nn.Module) -> tuple[bool, bool]:
+def transformer_layout(transformer: nn.Module) -> tuple[bool, bool]:
     """(blocks are sequence-first, the transformer's own input/output is sequence-first).
 
     From 2.26 the ``Transformer`` carries ``batch_first`` and converts to and from LND itself;
@@ -32,76 +32,89 @@ def _layout(transformer: nn.Module) -> tuple[bool, bool]:
     return not bf, False
 
 
-def is_open_clip(core: nn.Module) -> bool:
-    try:
-        import open_clip
-    except ImportError:
-        return False
-    return isinstance(core, (open_clip.CLIP, getattr(open_clip, "CustomTextCLIP", ())))
-
-
-def open_clip_spec(core: nn.Module) -> HostSpec:
-    import open_clip
+def open_clip_vision_site(visual: nn.Module, family: str) -> VisionSite:
+    """Prompt sites of open_clip's ``VisionTransformer``: appended before ``ln_pre``, stripped
+    where the transformer returns (before CLS, average or attentional pooling)."""
     from open_clip.transformer import VisionTransformer
 
-    if not isinstance(core, open_clip.CLIP):
-        raise UnsupportedHostError(
-            f"{type(core).__name__} has a separate text tower ({type(getattr(core, 'text', None)).__name__}); "
-            "only open_clip.CLIP with its built-in text transformer can be hooked (HF text towers cannot)")
-    visual = core.visual
     if not isinstance(visual, VisionTransformer):
         raise UnsupportedHostError(
-            f"the image tower is {type(visual).__name__}; prompts need open_clip's VisionTransformer "
-            "(timm and ResNet towers have no token sequence the hooks can extend)")
-    if getattr(visual, "attn_pool", None) is not None and getattr(visual, "attn_pool_contrastive", None) is not None:
-        raise UnsupportedHostError("attentional pooling with a contrastive pooler is not supported")
-    text_seq_first, _ = _layout(core.transformer)
-    vision_seq_first, vision_io_seq_first = _layout(visual.transformer)
-    return HostSpec(
-        kind="open_clip",
-        core=core,
-        token_embedding=core.token_embedding,
-        text_blocks=list(core.transformer.resblocks),
-        text_seq_first=text_seq_first,
-        vision_ln_pre=visual.ln_pre,
-        vision_transformer=visual.transformer,
-        vision_blocks=list(visual.transformer.resblocks),
-        vision_seq_first=vision_seq_first,
-        vision_io_seq_first=vision_io_seq_first,
-        text_width=core.token_embedding.weight.shape[1],
-        vision_width=visual.class_embedding.shape[-1],
-        context_length=core.positional_embedding.shape[0],
-        encode_text=core.encode_text,
-        encode_image=core.encode_image,
-        encode_text_short=_short_text_path(core),
-        intermediates_owners=(core, visual),
-    )
+            f"{family}: the image tower is {type(visual).__name__}, which has no token sequence for vision "
+            "prompts; use text prompts only (CouplingConfig(n_vision_ctx=0, vision_depth=0))")
+    seq_first, io_seq_first = transformer_layout(visual.transformer)
+    return VisionSite(insert=visual.ln_pre, insert_on="input", strip=visual.transformer, strip_on="output",
+                      strip_seq_first=io_seq_first, blocks=list(visual.transformer.resblocks),
+                      seq_first=seq_first, width=visual.class_embedding.shape[-1])
 
 
-def _short_text_path(core: nn.Module):
-    """An exact text path over ``ids[:, :L]``; ``None`` where pooling needs the full sequence.
+def is_open_clip_vit(visual: nn.Module) -> bool:
+    try:
+        from open_clip.transformer import VisionTransformer
+    except ImportError:
+        return False
+    return isinstance(visual, VisionTransformer)
 
-    The text tower is causal, so the pooled EOT/EOS position only sees tokens up to itself:
-    cutting the sequence after it, with the mask and positional embedding cut alike, is exact.
-    """
-    from open_clip.transformer import text_global_pool
 
-    pool = getattr(core, "text_pool_type", "argmax")
-    if pool not in ("argmax", "eos") or core.attn_mask is None:
-        return None
-    eos_id: Optional[int] = getattr(core, "text_eos_id", None)
+class TextTowerPath:
+    """open_clip's text path over a module that owns ``token_embedding``, ``positional_embedding``,
+    ``transformer``, ``ln_final``, ``text_projection`` and ``attn_mask`` (``CLIP`` itself, or a
+    ``TextTransformer``), run on a prefix of the ids where that is exact."""
 
-    def encode(ids: torch.Tensor) -> torch.Tensor:
-        pos = ids.argmax(dim=-1) if pool == "argmax" else (ids == eos_id).int().argmax(dim=-1)
+    def __init__(self, owner: nn.Module, pool: str, eos_id: Optional[int]) -> None:
+        self.owner, self.pool, self.eos_id = owner, pool, eos_id
+
+    def site(self) -> TextSite:
+        o = self.owner
+        seq_first, _ = transformer_layout(o.transformer)
+        return TextSite(embedding=o.token_embedding, blocks=list(o.transformer.resblocks), seq_first=seq_first,
+                        width=o.token_embedding.weight.shape[1], context_length=o.positional_embedding.shape[0],
+                        causal=o.attn_mask is not None)
+
+    def short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """Exact text features from ``ids[:, :L]``, ``L`` = last pooled position + 1.
+
+        The tower is causal, so the pooled EOT/EOS position only sees tokens up to itself: cutting
+        the sequence after it, with the mask and positional embedding cut alike, is exact.
+        """
+        from open_clip.transformer import text_global_pool
+
+        o = self.owner
+        if self.pool not in ("argmax", "eos") or o.attn_mask is None or getattr(o, "cls_emb", None) is not None:
+            return None
+        pos = ids.argmax(dim=-1) if self.pool == "argmax" else (ids == self.eos_id).int().argmax(dim=-1)
         length = int(pos.max()) + 1
         ids = ids[:, :length]
-        cast = core.transformer.get_cast_dtype()
-        x = core.token_embedding(ids).to(cast) + core.positional_embedding[:length].to(cast)
-        x = core.transformer(x, attn_mask=core.attn_mask[:length, :length])
-        x = text_global_pool(core.ln_final(x), ids, pool, eos_token_id=eos_id)
-        proj = core.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        cast = o.transformer.get_cast_dtype()
+        x = o.token_embedding(ids).to(cast) + o.positional_embedding[:length].to(cast)
+        x = o.transformer(x, attn_mask=o.attn_mask[:length, :length])
+        x = text_global_pool(o.ln_final(x), ids, self.pool, eos_token_id=self.eos_id)
+        return project(x, o.text_projection)
 
-    return encode
+
+class OpenClipAdapter(HostAdapter):
+    """open_clip ``CLIP`` (``create_model("ViT-B-16-quickgelu")`` and friends)."""
+
+    kind = "open_clip"
+    family = "open_clip CLIP"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        try:
+            import open_clip
+        except ImportError:
+            return False
+        return type(model) is open_clip.CLIP or (isinstance(model, open_clip.CLIP) and hasattr(model, "token_embedding"))
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._text = TextTowerPath(model, getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None))
+        self.text = self._text.site()
+        self.vision = open_clip_vision_site(model.visual, self.family) if is_open_clip_vit(model.visual) else None
+        self.vision_refusal = None if self.vision is not None else (
+            f"{self.family}: the image tower is {type(model.visual).__name__}, which has no token sequence")
+
+    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        return self._text.short(ids)
+
+    def intermediates_owners(self) -> Sequence[nn.Module]:
+        return (self.model, self.model.visual)

@@ -247,11 +247,8 @@ class TrainStep(nn.Module):
         w, reg = self.wrapper, self.regularizer
         # The wrapper's forward, unrolled so the class features can be shared with the anchor term.
         text = w.encode_text(classnames)
-        if w.video_specific:
-            video, tokens = w.encode_video(frames, return_tokens=True)
-            logits = w.logits(video, w.model.specialize_text(text, tokens))
-        else:
-            logits = w.logits(w.encode_video(frames), text)
+        video, context = w.encode_video(frames, return_tokens=True)
+        logits = w.logits(video, text, context)
         parts = {}
         if reg is not None and anchor_clips is not None and reg.mode == "reference":
             logits = reg.adjust_logits(logits, anchor_clips)
