@@ -1,0 +1,73 @@
+"""The host zoo: every host family the wrapper serves, as small models built in the test, each with
+its own (un-prompted) text and video paths and a prompted forward written out by hand.
+
+One module per family; each defines ``CASES``, a list of :class:`HostCase`. The contract test
+(``tests/test_host_contract.py``) runs every check over every case. A family whose library is not
+installed contributes no cases (its module returns an empty list).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+FAMILIES = ["clip_layouts", "hf", "open_clip_custom", "videox"]
+
+
+@dataclass
+class HostCase:
+    """One host, and how to run it without the wrapper.
+
+    Attributes:
+        name: Test id.
+        build: ``build(seed) -> host`` in eval mode; the same seed gives the same weights.
+        tokenizer: ``tokenizer() -> tokenizer`` passed to the wrapper and used for the written-out phrase.
+        own_text: ``own_text(host, ids) -> (N, D)``: the host's own text features.
+        own_logits: ``own_logits(host, frames, ids) -> (B, K)``: the host's own video logits.
+        manual_text: ``manual_text(host, ids, prompts, start) -> (N, D)``: prompted text by hand
+            (``start`` = index of the first context token).
+        manual_logits: ``manual_logits(host, frames, ids, prompts, start) -> (B, K)``: prompted logits by hand.
+        frames: Shape ``(T, C, H, W)`` of one clip.
+        text_layers, vision_layers: Depths of the towers (the test configs use up to these).
+        vision: Whether vision prompts are possible.
+        causal: Whether the text tower is causal (then the short path must equal the full one).
+        checkpointing: ``checkpointing(host, on)``, or ``None`` where the host has none.
+        checkpoint_needs_train: Whether the host checkpoints only in training mode (Hugging Face).
+        trainable: Host submodules to train beside the prompts (``train_host=``).
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    tokenizer: Callable[[], Any]
+    own_text: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    own_logits: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    manual_text: Callable[..., torch.Tensor]
+    manual_logits: Callable[..., torch.Tensor]
+    frames: tuple[int, int, int, int] = (2, 3, 32, 32)
+    text_layers: int = 3
+    vision_layers: int = 3
+    vision: bool = True
+    causal: bool = True
+    checkpointing: Optional[Callable[[nn.Module, bool], None]] = None
+    checkpoint_needs_train: bool = False
+    trainable: tuple[str, ...] = field(default_factory=tuple)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def all_cases() -> list[HostCase]:
+    cases = []
+    for family in FAMILIES:
+        try:
+            module = importlib.import_module(f"zoo.{family}")
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith("zoo."):
+                continue  # family not written yet
+            raise
+        cases.extend(module.CASES)
+    return cases
