@@ -24,7 +24,7 @@ Examples::
     python benchmarks/base2novel.py --quick                     # < 5 minutes on 2 cores
     nice -n 5 python benchmarks/base2novel.py                    # full: all methods, 3 splits
     python benchmarks/base2novel.py --methods zero-shot ivlp ga2 --datasets whmdb --splits 1
-    python benchmarks/base2novel.py --model ViT-B-16 --pretrained openai --data-config data.yaml \\
+    python benchmarks/base2novel.py --model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml \\
         --frames 32 --workers 1 --threads 8       # the paper's protocol on real data
 
 Timings measured on this project's 2-core CPU machine are in the JSON (``timing``, ``machine``).

@@ -1,6 +1,6 @@
 """What the prompts cost on top of plain open_clip, side by side in one run.
 
-Measures on an open_clip ViT-B-16 (random init: speed does not depend on the weights) with the
+Measures on an open_clip ViT-B-16-quickgelu (random init: speed does not depend on the weights) with the
 paper's configuration (16 text / 16 vision tokens, depth 9, coupled to a hard prompt):
 
 1. vision: prompted ``encode_video`` / plain per-frame ``encode_image`` of the same frames;
@@ -70,7 +70,7 @@ def build(tiny: bool, device: torch.device):
                               text_cfg=dict(context_length=77, width=64, heads=4, layers=4))
         config, size = pc.CouplingConfig(n_ctx=16, n_vision_ctx=16, text_depth=3, vision_depth=3), 64
     else:
-        clip = open_clip.create_model("ViT-B-16", pretrained=None)  # random init is enough for speed
+        clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)  # random init is enough for speed
         config, size = pc.CouplingConfig(), 224
     clip = clip.to(device).eval()
     width = clip.token_embedding.weight.shape[1]
@@ -217,7 +217,7 @@ def main() -> None:
     names = kinetics_like_names(400, wrapper.tokenizer)
     print(f"{'tiny model' if args.tiny else 'open_clip ViT-B-16'} on {device} "
           f"({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}), torch {torch.__version__}")
-    results: dict = {"device": str(device), "model": "tiny" if args.tiny else "ViT-B-16", "frames": args.frames,
+    results: dict = {"device": str(device), "model": "tiny" if args.tiny else "ViT-B-16-quickgelu", "frames": args.frames,
                      "threads": torch.get_num_threads(), "torch": torch.__version__}
 
     parts = set(args.parts.split(","))

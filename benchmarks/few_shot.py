@@ -10,7 +10,7 @@ Examples::
 
     python benchmarks/few_shot.py --quick                      # < 5 minutes on 2 cores
     nice -n 5 python benchmarks/few_shot.py --shot-list 2 4 8 16
-    python benchmarks/few_shot.py --model ViT-B-16 --pretrained openai --data-config data.yaml --frames 32
+    python benchmarks/few_shot.py --model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml --frames 32
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Two data sources, one code path:
 
 * the embedded world (default, ``--model world``): ``data.world`` sections, the world's anchor
   set and hard-prompt source;
-* real data (``--model ViT-B-16 --pretrained openai --data-config data.yaml``): per dataset and
+* real data (``--model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml``): per dataset and
   protocol a ``data`` section of the training config (list files, label CSVs, root), in which
   ``{split}`` and ``{shots}`` are filled in per run. Relative paths are resolved against the YAML
   file's directory. Example::

@@ -10,7 +10,7 @@ Examples::
 
     python benchmarks/zero_shot.py --quick                      # < 5 minutes on 2 cores
     nice -n 5 python benchmarks/zero_shot.py
-    python benchmarks/zero_shot.py --model ViT-B-16 --pretrained openai --data-config data.yaml \\
+    python benchmarks/zero_shot.py --model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml \\
         --source k400 --datasets hmdb51 ucf101 --frames 32
 """
 

@@ -12,12 +12,12 @@ moving over noise), under a minute on two CPU cores::
 
 Online, with OpenAI's ViT-B/16 (the colour names are real words for it, so zero-shot already works)::
 
-    python examples/vificlip_style.py --model ViT-B-16 --pretrained openai --frames 8 --epochs 2
+    python examples/vificlip_style.py --model ViT-B-16-quickgelu --pretrained openai --frames 8 --epochs 2
 
 Real data in ViFi-CLIP / GA2-CLIP list format, starting from a ViFi-CLIP (or GA2-CLIP) checkpoint's
 backbone (its prompt tensors are skipped: convert those with ``promptcouple convert``)::
 
-    python examples/vificlip_style.py --model ViT-B-16 --pretrained openai \\
+    python examples/vificlip_style.py --model ViT-B-16-quickgelu --pretrained openai \\
         --backbone vifi_clip_k400.pth --trust-checkpoint \\
         --train-list train.txt --val-list val.txt --labels labels.csv --root videos/
 """

@@ -1,7 +1,7 @@
 """Wrap a CLIP in two lines and train only the prompts.
 
 Offline by default (a small randomly initialised open_clip CLIP and generated frames);
-online users pass ``--model ViT-B-16 --pretrained openai`` for the real thing.
+online users pass ``--model ViT-B-16-quickgelu --pretrained openai`` for the real thing.
 
     python examples/wrap_two_lines.py
 """
@@ -18,7 +18,7 @@ import promptcouple as pc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=None, help="open_clip model name, e.g. ViT-B-16 (default: a tiny one)")
+    parser.add_argument("--model", default=None, help="open_clip model name, e.g. ViT-B-16-quickgelu (default: a tiny one)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint path")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()

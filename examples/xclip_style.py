@@ -12,7 +12,7 @@ Offline, on a tiny randomly initialised CLIP (under a minute on two CPU cores)::
 
 Online, on OpenAI's ViT-B/16 (or a local checkpoint: --pretrained /path/to/open_clip_model.safetensors)::
 
-    python examples/xclip_style.py --model ViT-B-16 --pretrained openai --device cuda
+    python examples/xclip_style.py --model ViT-B-16-quickgelu --pretrained openai --device cuda
 
 Add ``--train-head`` to train the X-CLIP head (message layers, MIT, prompt generator) with the
 prompts; by default it stays at its initialisation, where it computes exactly the frame-wise CLIP.

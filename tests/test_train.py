@@ -420,8 +420,9 @@ def _vificlip_checkpoint(model: nn.Module) -> dict:
 
 
 def _tiny(seed: int, image_size: int = 32) -> nn.Module:
+    """A tiny model in the layout of the reference checkpoints: OpenAI's, with QuickGELU."""
     torch.manual_seed(seed)
-    return tiny_clip(image_size)
+    return tiny_clip(image_size, quick_gelu=True)
 
 
 def test_backbone_from_vificlip_checkpoint(tmp_path):
@@ -483,7 +484,9 @@ def test_backbone_checkpoint_from_config(data, tmp_path):
     torch.save(_vificlip_checkpoint(source), tmp_path / "vifi.pth")
     from promptcouple.train import build_wrapper
 
-    cfg = config(data, tmp_path / "run", model={"backbone_checkpoint": str(tmp_path / "vifi.pth")})
+    with pytest.raises(ConfigError, match="trained with quick_gelu but CLIP uses gelu"):
+        build_wrapper(config(data, tmp_path / "run", model={"backbone_checkpoint": str(tmp_path / "vifi.pth")}))
+    cfg = config(data, tmp_path / "run", model={"name": "tiny-quickgelu", "backbone_checkpoint": str(tmp_path / "vifi.pth")})
     wrapper = build_wrapper(cfg)
     assert torch.equal(wrapper.model.visual.conv1.weight, source.visual.conv1.weight)
     assert not wrapper.model.visual.conv1.weight.requires_grad
@@ -491,7 +494,8 @@ def test_backbone_checkpoint_from_config(data, tmp_path):
     torch.save(big, tmp_path / "big.pth")
     with pytest.raises(ConfigError,
                        match=r"(?s)model\.backbone_checkpoint: .*nothing loaded.*visual\.positional_embedding"):
-        build_wrapper(config(data, tmp_path / "run", model={"backbone_checkpoint": str(tmp_path / "big.pth")}))
+        build_wrapper(config(data, tmp_path / "run", model={"name": "tiny-quickgelu",
+                                                            "backbone_checkpoint": str(tmp_path / "big.pth")}))
 
 
 
@@ -508,8 +512,8 @@ def test_open_clip_models_by_name(data, tmp_path, monkeypatch):
         return _tiny(0)
 
     monkeypatch.setattr(open_clip, "create_model", create_model)
-    wrapper = build_wrapper(config(data, tmp_path, model={"name": "ViT-B-32", "pretrained": "openai"}))
-    assert made == {"name": "ViT-B-32", "pretrained": "openai"} and wrapper.tokenizer is not None
+    wrapper = build_wrapper(config(data, tmp_path, model={"name": "ViT-B-32-quickgelu", "pretrained": "openai"}))
+    assert made == {"name": "ViT-B-32-quickgelu", "pretrained": "openai"} and wrapper.tokenizer is not None
     with pytest.raises(ConfigError, match=r"data\.image_size: 224, but model 'ViT-B-32' takes 32x32 frames"):
         build_wrapper(config(data, tmp_path, model={"name": "ViT-B-32"}, data={"image_size": 224}))
 
@@ -612,3 +616,35 @@ def test_vificlip_example_learns(tmp_path):
     after = float(re.search(r"after training .*: top-1 ([\d.]+)%", out.stdout).group(1))
     assert after >= 75.0 and after > before + 25, out.stdout  # 8 colour classes, chance 12.5%
     assert pc.load_prompts(tmp_path / "p.safetensors").config.n_ctx == 4
+
+
+def test_openai_layout_checkpoint_into_the_documented_open_clip_host(tmp_path):
+    """An OpenAI-layout ViT-B/16 saved and loaded into open_clip's ViT-B-16-quickgelu gives the same
+    features; the GELU build of the same name is refused with the fix."""
+    import open_clip
+
+    from promptcouple.models.openai_clip import CLIP as OpenAICLIP
+
+    torch.manual_seed(0)
+    source = OpenAICLIP(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+                        context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                        transformer_layers=12).eval()
+    torch.save(source.state_dict(), tmp_path / "openai.pt")
+    host = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+    assert load_backbone(host, tmp_path / "openai.pt").ok
+    image = torch.randn(2, 3, 224, 224)
+    ids = open_clip.get_tokenizer("ViT-B-16-quickgelu")(["a video of archery.", "riding a bike"])
+    with torch.no_grad():
+        torch.testing.assert_close(host.encode_image(image), source.encode_image(image), atol=1e-5, rtol=0)
+        torch.testing.assert_close(host.encode_text(ids), source.encode_text(ids), atol=1e-5, rtol=0)
+    gelu = open_clip.create_model("ViT-B-16", pretrained=None)
+    with pytest.raises(BackboneLoadError, match=r"trained with quick_gelu but CLIP uses gelu.*ViT-B-16-quickgelu"):
+        load_backbone(gelu, tmp_path / "openai.pt")
+    assert load_backbone(gelu, tmp_path / "openai.pt", activation="gelu").ok  # the user says it is a GELU model
+
+
+def test_openai_weights_need_a_quickgelu_model_name():
+    cfg = TrainConfig()
+    cfg.model.name, cfg.model.pretrained = "ViT-B-16", "openai"
+    with pytest.raises(ConfigError, match="QuickGELU.*'ViT-B-16-quickgelu'"):
+        loop_module.build_host(cfg)

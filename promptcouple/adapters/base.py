@@ -182,6 +182,21 @@ class HostAdapter:
 
 # ------------------------------------------------------------------------- shared helpers
 
+def activation_of(model: nn.Module) -> Optional[str]:
+    """``"quick_gelu"`` or ``"gelu"``: the MLP activation of a host's blocks (``None``: neither found).
+
+    OpenAI's weights, and the ViFi-CLIP, GA2-CLIP and X-CLIP checkpoints trained from them, need
+    QuickGELU (``x * sigmoid(1.702 x)``); the same weights in a GELU model give other features.
+    Read from the activation modules' classes (open_clip, OpenAI, transformers, timm alike).
+    """
+    names = {type(m).__name__.lower() for m in model.modules()}
+    if any("quickgelu" in n for n in names):
+        return "quick_gelu"
+    if any(n in ("gelu", "geluactivation", "gelutanh", "pytorchgelutanh") for n in names):
+        return "gelu"
+    return None
+
+
 def first_tensor(out: Any) -> torch.Tensor:
     """The features in a host's return value: a tensor, the first item of a tuple
     (GA2-CLIP's ``(features, tokens)``, X-CLIP's ``(cls, tokens)``), or a model output's embeddings."""

@@ -1,10 +1,23 @@
-"""Families whose adapters need an optional library; each registers only its adapter class,
-importing the library lazily inside ``claims``."""
+"""Host families whose adapters need an optional library (transformers, timm, ...).
+
+Each module named here imports without its library and lists its adapter classes in
+``ADAPTERS``; the library itself is imported lazily inside ``claims``.
+"""
 
 from __future__ import annotations
 
+import importlib
+
+MODULES = ("open_clip_custom", "hf", "videox")
+
 
 def register_all(register) -> None:
-    """Register the adapters of optional families (Hugging Face, open_clip custom towers, ...)."""
-    # Filled in as families are added; each module must import without its library installed.
-    return None
+    for name in MODULES:
+        try:
+            module = importlib.import_module(f"promptcouple.adapters.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"promptcouple.adapters.{name}":
+                continue  # family not written yet
+            raise
+        for adapter in module.ADAPTERS:
+            register(adapter)

@@ -387,7 +387,7 @@ class XCLIPStyle(nn.Module):
 
     Example::
 
-        clip, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained="openai")
+        clip, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16-quickgelu", pretrained="openai")
         model = XCLIPStyle(clip, num_frames=8)
         logits = model(frames, tokenizer(classnames))          # frames (B, 8, 3, 224, 224)
     """

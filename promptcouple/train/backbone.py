@@ -22,7 +22,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -170,7 +170,7 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.T
 
 
 def load_backbone(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], *, strict: bool = True,
-                  trust: bool = False) -> BackboneReport:
+                  trust: bool = False, activation: Optional[str] = "quick_gelu") -> BackboneReport:
     """Load a ViFi-CLIP / GA2-CLIP / OpenAI checkpoint's CLIP weights into ``model``.
 
     Args:
@@ -181,6 +181,10 @@ def load_backbone(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], 
         strict: Raise unless every checkpoint tensor fits a model key and every model key is
             provided (apart from those the layout does not carry). ``False`` loads what fits.
         trust: Allow unpickling arbitrary objects (``torch.load(weights_only=False)``).
+        activation: The MLP activation the checkpoint was trained with: ``"quick_gelu"`` for
+            OpenAI's CLIP and everything fine-tuned from it (ViFi-CLIP, GA2-CLIP, X-CLIP),
+            ``"gelu"`` for e.g. LAION open_clip models, ``None`` to skip the check. A model built
+            with the other activation is refused: the weights would load and give other features.
 
     Returns:
         The report; ``print(report)`` lists what was loaded, kept, skipped and what did not fit.
@@ -188,6 +192,17 @@ def load_backbone(model: nn.Module, source: Union[PathLike, Mapping[str, Any]], 
     Raises:
         BackboneLoadError: In strict mode, listing every incompatible key; the model is unchanged.
     """
+    from promptcouple.adapters.base import activation_of
+
+    host_activation = activation_of(model)
+    if activation is not None and host_activation is not None and host_activation != activation:
+        fix = ("build it with QuickGELU: open_clip.create_model('ViT-B-16-quickgelu') (any '-quickgelu' name, "
+               "or quick_gelu=True)" if activation == "quick_gelu" else
+               "build it with GELU (an open_clip name without '-quickgelu')")
+        raise BackboneLoadError(
+            f"the checkpoint was trained with {activation} but {type(model).__name__} uses {host_activation}; the "
+            f"weights would load and silently give other features (logits off by ~1e-2): {fix}, or pass "
+            f"activation={host_activation!r} if the checkpoint really is a {host_activation} model")
     checkpoint = read_checkpoint(source, trust=trust) if isinstance(source, (str, os.PathLike)) else source
     state_dict, container, ignored = extract_state_dict(checkpoint)
     converted, layout, skipped = convert_state_dict(state_dict)

@@ -8,7 +8,7 @@ file's directory, relative paths given with ``--set`` against the working direct
 Example (GA2-CLIP base-to-novel on HMDB-51, split 1; every key with its default is documented on
 the dataclasses below)::
 
-    model: {name: ViT-B-16, pretrained: openai}          # or a local file; `tiny`, `world`
+    model: {name: ViT-B-16-quickgelu, pretrained: openai}          # or a local file; `tiny`, `world`
     prompts:                                              # CouplingConfig fields + hard_prompts
       hard_prompts: runs/k400_base/prompts.safetensors   # coupling; omit for IVLP
       n_ctx: 16
@@ -47,7 +47,7 @@ import yaml
 PRECISIONS = ("fp32", "bf16", "fp16")
 ANCHOR_MODES = ("consistency", "negative", "reference")
 VIEW_REDUCTIONS = ("softmax", "logits")
-BUILTIN_MODELS = ("tiny", "world")
+BUILTIN_MODELS = ("tiny", "tiny-quickgelu", "world")
 WORLD_PROTOCOLS = ("base_to_novel", "few_shot")
 
 
@@ -66,7 +66,8 @@ class ModelConfig:
 
     Attributes:
         name: An open_clip model name (``ViT-B-16``), ``world`` (the embedded world CLIP,
-            ``promptcouple.world.load_world_clip()``) or ``tiny`` (a random tiny CLIP for tests).
+            ``promptcouple.world.load_world_clip()``) ``tiny`` (a random tiny CLIP for tests) or ``tiny-quickgelu`` (the same with
+            QuickGELU, the activation of the reference checkpoints, to load one over it).
         pretrained: open_clip pretrained tag (``openai``) or a local checkpoint file.
         backbone_checkpoint: A ViFi-CLIP / GA2-CLIP training checkpoint whose backbone is loaded
             (strictly) over the model, see :mod:`promptcouple.train.backbone`.

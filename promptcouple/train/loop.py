@@ -135,14 +135,14 @@ def _seed_worker(worker_id: int) -> None:
 
 # --------------------------------------------------------------------------------------- models
 
-def tiny_clip(image_size: int = 32):
+def tiny_clip(image_size: int = 32, quick_gelu: bool = False):
     """A random tiny open_clip CLIP (embed 32, two layers per tower) for tests and smoke runs."""
     import open_clip
 
     if image_size % 8:
         raise ConfigError(f"data.image_size: the tiny model uses 8-pixel patches, got {image_size}")
     return open_clip.CLIP(
-        embed_dim=32,
+        embed_dim=32, quick_gelu=quick_gelu,
         vision_cfg=dict(image_size=image_size, patch_size=8, width=32, layers=2, head_width=16),
         text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=2),
     )
@@ -156,8 +156,8 @@ def build_host(cfg: TrainConfig) -> tuple[nn.Module, Any]:
     m = cfg.model
     torch.manual_seed(cfg.run.seed)
     tokenizer = None
-    if m.name == "tiny":
-        host = tiny_clip(cfg.data.image_size)
+    if m.name in ("tiny", "tiny-quickgelu"):
+        host = tiny_clip(cfg.data.image_size, quick_gelu=m.name == "tiny-quickgelu")
     elif m.name == "world":
         from promptcouple.world import load_world_clip
 
@@ -168,7 +168,10 @@ def build_host(cfg: TrainConfig) -> tuple[nn.Module, Any]:
 
         if m.name not in open_clip.list_models():
             raise ConfigError(f"model.name: {m.name!r} is not an open_clip model, 'world' or 'tiny' "
-                              f"(open_clip has e.g. ViT-B-16, ViT-B-32, ViT-L-14)")
+                              f"(open_clip has e.g. ViT-B-16-quickgelu, ViT-B-32, ViT-L-14)")
+        if m.pretrained == "openai" and "quickgelu" not in m.name.lower():
+            raise ConfigError(f"model.name: {m.name!r} with pretrained: openai builds GELU blocks, but OpenAI's "
+                              f"weights need QuickGELU (features off by ~1e-2 otherwise); use {m.name + '-quickgelu'!r}")
         try:
             host = open_clip.create_model(m.name, pretrained=m.pretrained)
         except Exception as err:  # download and checkpoint errors come in many types
