@@ -17,8 +17,6 @@ String metadata: ``format``, ``format_version``, ``promptcouple_version``, ``con
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -27,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from promptcouple.config import CouplingConfig
+from promptcouple.fileio import PathLike, atomic_write_bytes
 
 FORMAT = "promptcouple.prompts"
 FORMAT_VERSION = "1"
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass
@@ -94,19 +92,10 @@ def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: st
 def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: CouplingConfig,
                       host: str = "") -> None:
     """Write tensors + metadata atomically: a crash leaves either the old file or the new one."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(data, tmp, metadata=_metadata(config, data, host))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host)))
 
 
 def save_prompts(wrapper, path: PathLike) -> None:

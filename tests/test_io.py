@@ -96,14 +96,12 @@ def test_truncated_file_and_failed_write_leave_nothing_half_done(tmp_path, token
     with pytest.raises(ValueError, match="truncated"):
         pc.load_prompts(tmp_path / "cut.safetensors")
 
-    import safetensors.torch
+    import promptcouple.fileio
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def crash(fd):  # the data is written, then the disk fills up before it reaches the platter
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr(promptcouple.fileio.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         wrapper.save_prompts(path)
     assert path.read_bytes() == good  # the previous file is intact...

@@ -8,17 +8,16 @@ never unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from promptcouple.fileio import PathLike, atomic_write
+
 FORMAT = "promptcouple.train_checkpoint"
 FORMAT_VERSION = 1
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
@@ -27,33 +26,8 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     A crash or error at any point leaves the previous file at ``path`` untouched: the rename is
     atomic on POSIX and Windows, and the temporary file is removed on failure.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Persist the rename itself; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def rng_state(data_generator: Optional[torch.Generator] = None) -> dict:
