@@ -9,6 +9,7 @@ Tensor keys are stable and name the place a tensor enters the model::
     coupling.bias       (d_text,)
     vision.ctx          (n_vision_ctx, d_vis)  appended before ln_pre
     vision.deep.{i}     (n_vision_ctx, d_vis)  vision layer i = 1 .. vision_depth-1
+    host.{name}         any                    a host module trained beside the prompts (``train_host``)
 
 String metadata: ``format``, ``format_version``, ``promptcouple_version``, ``config`` (JSON),
 ``text_width``, ``vision_width``, ``coupled``, and ``host`` (the layout it was trained on).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,18 @@ def prompt_tensors(prompts) -> dict[str, torch.Tensor]:
     return out
 
 
-def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: str = "") -> dict[str, str]:
+def wrapper_tensors(wrapper) -> dict[str, torch.Tensor]:
+    """Everything a wrapper trains, under the file keys: the prompts and its ``train_host`` modules."""
+    out = prompt_tensors(wrapper.prompts)
+    out.update({f"{HOST_PREFIX}{n}": p for n, p in wrapper.host_trainable_parameters()})
+    return out
+
+
+HOST_PREFIX = "host."
+
+
+def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: str = "",
+              train_host: Sequence[str] = ()) -> dict[str, str]:
     from promptcouple import __version__
 
     vision = tensors.get("vision.ctx")
@@ -86,21 +98,22 @@ def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: st
         "vision_width": str(vision.shape[1]) if vision is not None else "0",
         "coupled": json.dumps("coupling.weight" in tensors),
         "host": host,
+        "train_host": json.dumps(list(train_host)),
     }
 
 
 def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: CouplingConfig,
-                      host: str = "") -> None:
+                      host: str = "", train_host: Sequence[str] = ()) -> None:
     """Write tensors + metadata atomically: a crash leaves either the old file or the new one."""
     from safetensors.torch import save
 
     data = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host)))
+    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host, train_host)))
 
 
 def save_prompts(wrapper, path: PathLike) -> None:
     """Save a wrapper's prompts (with hard prompt and config) to ``path``."""
-    write_prompt_file(path, prompt_tensors(wrapper.prompts), wrapper.config, wrapper.host.kind)
+    write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host)
 
 
 def load_prompts(path: PathLike) -> PromptFile:
@@ -132,7 +145,7 @@ def load_prompts_into(wrapper, source: Union[PathLike, PromptFile]) -> None:
     """Copy a prompt file's tensors into ``wrapper.prompts``; nothing changes unless all keys fit."""
     pf = source if isinstance(source, PromptFile) else load_prompts(source)
     name = "prompt file" if isinstance(source, PromptFile) else str(source)
-    expected = prompt_tensors(wrapper.prompts)
+    expected = wrapper_tensors(wrapper)
     missing = sorted(set(expected) - set(pf.tensors))
     unexpected = sorted(set(pf.tensors) - set(expected))
     if pf.coupled and not wrapper.prompts.coupled:

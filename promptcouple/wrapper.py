@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from functools import partial
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -413,6 +414,7 @@ class CouplingPromptWrapper(nn.Module):
             if hard_prompts is None:
                 raise ValueError(f"{path} was trained with a hard prompt that it does not contain "
                                  "(converted from a GA2-CLIP checkpoint?); pass hard_prompts=")
+        kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
         wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
         wrapper.load_prompts(pf)
         return wrapper
