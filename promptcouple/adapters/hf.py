@@ -1,0 +1,257 @@
+"""Hugging Face ``transformers`` hosts: ``CLIPModel``, ``SiglipModel``, ``Siglip2Model`` and ``XCLIPModel``.
+
+All four keep their towers as ``text_model``/``vision_model`` with ``embeddings``, an ``encoder``
+whose ``layers`` take the token sequence as their first argument, and final norms after the
+encoder, so one description serves them; the families differ in where image tokens start, how
+text is pooled and whether the text tower is causal.
+
+This module imports without ``transformers``: a model is recognised by the modules its classes
+were defined in, so that ``transformers`` (seconds to import) is never imported for other hosts.
+
+Gradient checkpointing (``model.gradient_checkpointing_enable()``) acts only in training mode in
+``transformers``; the prompt hooks sit outside the checkpointed layer calls, or are idempotent
+where a release runs them inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from promptcouple.adapters.base import HostAdapter, TextSite, UnsupportedHostError, VisionSite
+
+#: The class each adapter serves, as ``(module, name)``: matched on a model's MRO without importing.
+_CLIP = ("transformers.models.clip.modeling_clip", "CLIPModel")
+_SIGLIP = ("transformers.models.siglip.modeling_siglip", "SiglipModel")
+_SIGLIP2 = ("transformers.models.siglip2.modeling_siglip2", "Siglip2Model")
+_XCLIP = ("transformers.models.x_clip.modeling_x_clip", "XCLIPModel")
+_SERVED = ", ".join(name for _, name in (_CLIP, _SIGLIP, _SIGLIP2, _XCLIP))
+
+
+def _is(model: nn.Module, cls: tuple[str, str]) -> bool:
+    """Whether ``model`` is an instance of the ``transformers`` class ``cls`` (subclasses included)."""
+    return any((c.__module__, c.__name__) == cls for c in type(model).__mro__)
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """Features from a ``get_*_features`` call: a tensor (transformers 4.x) or an output's
+    ``pooler_output`` (5.x, where the projection is applied to it)."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+def _text_site(text_model: nn.Module, causal: bool) -> TextSite:
+    embeddings = text_model.embeddings
+    return TextSite(embedding=embeddings.token_embedding, blocks=list(text_model.encoder.layers), seq_first=False,
+                    width=embeddings.token_embedding.embedding_dim,
+                    context_length=embeddings.position_embedding.num_embeddings, causal=causal)
+
+
+def _vision_site(vision_model: nn.Module, insert: nn.Module, insert_on: str) -> VisionSite:
+    """Prompts join at ``insert`` and leave where the encoder returns, before the final norm and
+    any pooling (CLS token, attention-pooling head, X-CLIP's patch tokens for its prompt generator)."""
+    encoder = vision_model.encoder
+    return VisionSite(insert=insert, insert_on=insert_on, strip=encoder, strip_on="output", strip_seq_first=False,
+                      blocks=list(encoder.layers), seq_first=False,
+                      width=vision_model.post_layernorm.normalized_shape[0])
+
+
+def _clip_bpe(model: nn.Module, family: str, context_length: int) -> Any:
+    """open_clip's CLIP BPE, the vocabulary of OpenAI's CLIP and of ``CLIPTokenizer``."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    vocab = model.config.text_config.vocab_size
+    if vocab != 49408:
+        raise ValueError(f"{family}: the text tower has a vocabulary of {vocab} tokens, not CLIP's 49408, so the "
+                         "default CLIP tokenizer does not fit; pass tokenizer=AutoTokenizer.from_pretrained(...) "
+                         "for this model")
+    return SimpleTokenizer(context_length=context_length)
+
+
+class _HFDualTower(HostAdapter):
+    """What the four families share: ``text_model``/``vision_model`` and ``get_*_features``."""
+
+    served: tuple[str, str]
+    causal: bool
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        return _is(model, cls.served)
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.text = _text_site(model.text_model, self.causal)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_text_features(input_ids=ids, return_dict=True))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=images, return_dict=True))
+
+
+class _CausalCLIPText(_HFDualTower):
+    """CLIP's causal text tower, pooled at the end-of-text token."""
+
+    causal = True
+
+    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """Exact features from ``ids[:, :L]``, ``L`` = last pooled position + 1.
+
+        The tower is causal and takes shorter ids natively (mask and position ids follow the
+        length), so nothing after the pooled token can change it. It pools the highest id when its
+        ``eos_token_id`` is the legacy 2, the first ``eos_token_id`` otherwise, as the host does.
+        """
+        eos = getattr(self.model.text_model, "eos_token_id", 2)
+        pos = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
+        return self.encode_text(ids[:, :int(pos.max()) + 1])
+
+    def default_tokenizer(self) -> Any:
+        return _clip_bpe(self.model, self.family, self.text.context_length)
+
+
+class HFCLIPAdapter(_CausalCLIPText):
+    """``transformers.CLIPModel``: prompts appended after the position embeddings, before ``pre_layrnorm``."""
+
+    kind = "hf_clip"
+    family = "transformers CLIPModel"
+    served = _CLIP
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        vision = model.vision_model
+        self.vision = _vision_site(vision, vision.pre_layrnorm, "input")
+
+
+class HFSiglipAdapter(_HFDualTower):
+    """``transformers.SiglipModel``.
+
+    The text tower is bidirectional (no short path) and pools the last position, padding
+    included, so prompts must be padded to the full length as the model was trained. The image
+    tower has no CLS token: prompts go after the patch tokens and leave before the attention-pooling
+    head. Logits carry the model's ``logit_bias``.
+    """
+
+    kind = "hf_siglip"
+    family = "transformers SiglipModel"
+    served = _SIGLIP
+    causal = False
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        if not super().claims(model):
+            return False
+        if not getattr(model.config.vision_config, "vision_use_head", True):
+            raise UnsupportedHostError(
+                f"{cls.family}: the image tower was built with vision_use_head=False, so it has no pooling head "
+                "and gives no image features; use a SiglipModel with its head (vision_use_head=True)")
+        return True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        vision = model.vision_model
+        self.vision = _vision_site(vision, vision.embeddings, "output")
+
+    def default_tokenizer(self) -> Any:
+        name = getattr(self.model.config, "_name_or_path", "")
+        name = repr(name) if name else "<the checkpoint's name or folder>"
+        raise ValueError(
+            f"{self.family} has no built-in tokenizer (SigLIP's SentencePiece vocabulary does not ship with "
+            f"promptcouple); pass tokenizer=AutoTokenizer.from_pretrained({name}) to CouplingPromptWrapper")
+
+
+class HFSiglip2Adapter(HFSiglipAdapter):
+    """``transformers.Siglip2Model`` (NaFlex): images are cut into patches here, as its processor does.
+
+    Frames are whole images ``(C, H, W)`` with ``H`` and ``W`` multiples of the patch size; the
+    position embeddings are resized to that grid by the model. No padding mask is passed (every
+    patch is real), so the prompt tokens need no mask entries either.
+    """
+
+    kind = "hf_siglip2"
+    family = "transformers Siglip2Model"
+    served = _SIGLIP2
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        patches, shapes = self.patchify(images)
+        return _pooled(self.model.get_image_features(pixel_values=patches, spatial_shapes=shapes,
+                                                     pixel_attention_mask=None, return_dict=True))
+
+    def patchify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(N, C, H, W)`` as patches ``(N, h*w, p*p*C)`` (row by row, channels last within a
+        patch, as ``Siglip2ImageProcessor``) and their grid ``(N, 2)`` = ``(h, w)``."""
+        p = self.model.config.vision_config.patch_size
+        n, c, height, width = images.shape
+        if height % p or width % p:
+            raise ValueError(f"{self.family}: images of {height}x{width} pixels, expected multiples of the "
+                             f"patch size {p}; resize or crop the frames")
+        h, w = height // p, width // p
+        patches = images.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, p * p * c)
+        shapes = torch.tensor([[h, w]], device=images.device).expand(n, 2)
+        return patches, shapes
+
+
+class HFXCLIPAdapter(_CausalCLIPText):
+    """``transformers.XCLIPModel``: cross-frame message tokens, a multi-frame integration transformer
+    (MIT) and a video-specific prompt generator.
+
+    Each vision layer appends its message token after the sequence it is given and removes it
+    before the MLP, so the prompt tokens, appended before ``pre_layernorm``, sit before the message
+    token and keep their place. They are stripped where the encoder returns, before the CLS feature
+    goes to the MIT and the patch tokens to the prompt generator.
+    """
+
+    kind = "hf_xclip"
+    family = "transformers XCLIPModel"
+    served = _XCLIP
+    video_specific = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        vision = model.vision_model
+        self.vision = _vision_site(vision, vision.pre_layernorm, "input")
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"{self.family} has no features of single images: its vision layers exchange messages "
+                         f"across the {self.model.config.vision_config.num_frames} frames of a clip; encode clips "
+                         "(B, num_frames, C, H, W) with encode_video")
+
+    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Video features ``(B, D)`` from the MIT, and the frame-averaged projected patch tokens
+        ``(B, N, D)`` that the prompt generator attends to (what ``XCLIPModel.forward`` computes)."""
+        m = self.model
+        b, t = frames.shape[:2]
+        expected = m.config.vision_config.num_frames
+        if t != expected:
+            raise ValueError(f"{self.family}: clips of {t} frames, but the model was built for num_frames={expected} "
+                             "(its message attention groups that many frames); sample that many frames per clip")
+        out = m.vision_model(pixel_values=frames.flatten(0, 1), return_dict=True)
+        cls = m.visual_projection(out.pooler_output).view(b, t, -1)
+        video = m.mit(cls)[1]  # pooled output (an output object in 5.x, a tuple before)
+        tokens = m.prompts_visual_layernorm(out.last_hidden_state[:, 1:]) @ m.prompts_visual_projection
+        return video, tokens.view(b, t, -1, video.shape[-1]).mean(dim=1)
+
+    def specialize_text(self, text: torch.Tensor, context: Any) -> torch.Tensor:
+        """``(K, D)`` class features shifted per video by the prompt generator: ``(B, K, D)``."""
+        text = text.unsqueeze(0).expand(context.shape[0], -1, -1)
+        return text + self.model.prompts_generator(text, context)
+
+
+class HFUnservedAdapter(HostAdapter):
+    """Any other ``transformers`` model: refused with the list of what is served."""
+
+    kind = "hf_unserved"
+    family = "transformers (other models)"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        if not type(model).__module__.startswith("transformers."):
+            return False
+        raise UnsupportedHostError(
+            f"{type(model).__name__}: promptcouple serves the transformers classes {_SERVED} (two towers with "
+            "text_model/vision_model); a single tower or another family needs its own HostAdapter subclass, "
+            "registered with pc.register_host(...)")
+
+
+# Registered in order, each before the previous: the catch-all refusal is tried last.
+ADAPTERS = [HFUnservedAdapter, HFCLIPAdapter, HFSiglipAdapter, HFSiglip2Adapter, HFXCLIPAdapter]
