@@ -66,8 +66,10 @@ class TextTowerPath:
     def site(self) -> TextSite:
         o = self.owner
         seq_first, _ = transformer_layout(o.transformer)
+        # The tokenizer's length; CoCa's tower has one position more, for the CLS it appends itself.
+        length = getattr(o, "context_length", None) or o.positional_embedding.shape[0]
         return TextSite(embedding=o.token_embedding, blocks=list(o.transformer.resblocks), seq_first=seq_first,
-                        width=o.token_embedding.weight.shape[1], context_length=o.positional_embedding.shape[0],
+                        width=o.token_embedding.weight.shape[1], context_length=int(length),
                         causal=o.attn_mask is not None)
 
     def short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:

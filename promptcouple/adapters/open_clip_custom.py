@@ -1,0 +1,123 @@
+"""open_clip models whose towers are modules of their own: ``CustomTextCLIP`` (SigLIP, EVA02, ...)
+and ``CoCa`` (its contrastive path, ``encode_text``/``encode_image``).
+
+Text: open_clip's ``TextTransformer`` under ``model.text``, causal or bidirectional
+(``no_causal_mask``), any ``pool_type``, with CoCa's appended CLS (``embed_cls``). The text is run
+short only where the tower is causal and pools at an end-of-text position (``TextTowerPath.short``).
+An HF text tower (``hf_model_name``) is refused.
+
+Image: open_clip's ``VisionTransformer`` (any pooling, CoCa's attentional pooler), or a timm
+``VisionTransformer``/``Eva`` trunk inside ``TimmModel`` (``promptcouple.adapters.timm``). Other
+towers (open_clip's ``ModifiedResNet``, timm ResNet or ConvNeXt trunks) take text prompts only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from promptcouple.adapters.base import HostAdapter, UnsupportedHostError, first_tensor
+from promptcouple.adapters.open_clip import TextTowerPath, is_open_clip_vit, open_clip_vision_site
+from promptcouple.adapters.timm import has_token_sequence, is_rotary, timm_vision_site, with_prompt_rotations
+
+CLIP_VOCAB = 49408  # open_clip's CLIP tokenizer, the default when the caller gives none
+
+
+def _timm_trunk(visual: nn.Module) -> Optional[nn.Module]:
+    """The timm trunk of open_clip's ``TimmModel`` (``None`` for other image towers)."""
+    from open_clip.timm_model import TimmModel
+
+    return visual.trunk if isinstance(visual, TimmModel) else None
+
+
+def _text_tower(model: nn.Module, family: str) -> nn.Module:
+    """``model.text`` if it is open_clip's ``TextTransformer``; otherwise the refusal."""
+    from open_clip.transformer import TextTransformer
+
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):
+        return text
+    if type(text).__name__ == "HFTextEncoder":
+        arch = getattr(getattr(text, "config", None), "model_type", "?")
+        raise UnsupportedHostError(
+            f"{family}: the text tower is open_clip's HFTextEncoder over a transformers '{arch}' model "
+            "(hf_model_name); promptcouple prompts open_clip's own TextTransformer only. What is missing is a "
+            "TextSite for the transformers model (its word embeddings and encoder layers) and its tokenizer's "
+            "layout: build the model with an open_clip text tower, or describe it with a HostAdapter subclass "
+            "and pc.register_host(...)")
+    raise UnsupportedHostError(
+        f"{family}: the text tower model.text is {type(text).__name__}, expected open_clip's TextTransformer "
+        "(token_embedding, transformer.resblocks, ln_final); describe it with a HostAdapter subclass and "
+        "pc.register_host(...)")
+
+
+class OpenClipCustomAdapter(HostAdapter):
+    """open_clip ``CustomTextCLIP`` and ``CoCa`` with open_clip's own text tower."""
+
+    kind = "open_clip_custom"
+    family = "open_clip CustomTextCLIP / CoCa"
+
+    @classmethod
+    def claims(cls, model: nn.Module) -> bool:
+        try:
+            import open_clip
+        except ImportError:
+            return False
+        if not isinstance(model, (open_clip.CustomTextCLIP, open_clip.CoCa)):
+            return False
+        _text_tower(model, f"open_clip {type(model).__name__}")
+        return True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.family = f"open_clip {type(model).__name__}"
+        text = _text_tower(model, self.family)
+        self._text = TextTowerPath(text, text.pool_type, text.eos_id)
+        self.text = self._text.site()
+
+        visual, trunk = model.visual, _timm_trunk(model.visual)
+        self.needs_block_adjustment = False
+        if is_open_clip_vit(visual):
+            self.vision = open_clip_vision_site(visual, self.family)
+        elif trunk is not None and has_token_sequence(trunk):
+            self.vision = timm_vision_site(trunk)
+            self.needs_block_adjustment = is_rotary(trunk)
+        else:
+            tower = f"a timm {type(trunk).__name__} trunk" if trunk is not None else type(visual).__name__
+            self.vision_refusal = (
+                f"{self.family}: the image tower is {tower}, which has no token sequence for vision prompts "
+                "(those need open_clip's VisionTransformer or a timm VisionTransformer/Eva trunk)")
+        self._trunk = trunk
+
+    # CoCa normalizes by default; the wrapper wants the raw features, as every other host gives.
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return first_tensor(self.model.encode_text(ids, normalize=False))
+
+    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        return self._text.short(ids)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return first_tensor(self.model.encode_image(images, normalize=False))
+
+    def adjust_block(self, args: tuple, kwargs: dict, n_prompts: int) -> tuple[tuple, dict]:
+        return with_prompt_rotations(args, kwargs, n_prompts)
+
+    def intermediates_owners(self) -> Sequence[nn.Module]:
+        if self.vision is None:  # no prompt tokens to strip: the host's own method stays usable
+            return ()
+        owners = (self.model, self.model.visual, self._trunk)
+        return tuple(m for m in owners if m is not None and hasattr(m, "forward_intermediates"))
+
+    def default_tokenizer(self):
+        vocab = self.text.embedding.num_embeddings
+        if vocab != CLIP_VOCAB:
+            raise ValueError(
+                f"{self.family}: the text tower has a vocabulary of {vocab} tokens, not the {CLIP_VOCAB} of "
+                "open_clip's CLIP tokenizer (the default); pass the model's own, "
+                "tokenizer=open_clip.get_tokenizer('<model name>')")
+        return super().default_tokenizer()
+
+
+ADAPTERS = [OpenClipCustomAdapter]

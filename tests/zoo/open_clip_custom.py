@@ -1,0 +1,253 @@
+"""open_clip ``CustomTextCLIP`` and ``CoCa``: open_clip's ``TextTransformer`` (causal or not, CoCa's
+appended CLS) with open_clip ViT, timm ViT (SigLIP's MAP pooling), timm Eva (EVA02's rotary
+embeddings) and ResNet image towers, built small; with the prompted forward written out by hand.
+
+The timm trunks are built through open_clip's own ``TimmModel`` path, with ``timm.create_model``
+given small sizes while the host is built (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+from zoo import HostCase
+
+try:
+    import open_clip
+    import timm
+except ImportError:  # the family needs both
+    open_clip = timm = None
+
+WIDTH, IMAGE, CONTEXT, LAYERS = 32, 32, 32, 3
+SMALL_TRUNK = dict(img_size=IMAGE, patch_size=8, embed_dim=WIDTH, depth=LAYERS, num_heads=2)
+
+
+# ------------------------------------------------------------------------------- tokenizers
+
+def _clip_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=CONTEXT)
+
+
+class WordTokenizer:
+    """SigLIP's layout: word pieces, then EOS, then padding; no start token. Words hash to ids."""
+
+    pad_id, eos_id, vocab_size = 0, 1, 1000
+
+    def encode(self, text: str) -> list[int]:
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        return [2 + zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in words]
+
+    def __call__(self, texts) -> torch.Tensor:
+        ids = torch.full((len(texts), CONTEXT), self.pad_id, dtype=torch.long)
+        for row, text in enumerate(texts):
+            pieces = self.encode(text)[:CONTEXT - 1] + [self.eos_id]
+            ids[row, :len(pieces)] = torch.tensor(pieces)
+        return ids
+
+
+# ------------------------------------------------------------------------------------ hosts
+
+def _text_cfg(**kwargs):
+    return dict(context_length=CONTEXT, vocab_size=49408, width=WIDTH, heads=2, layers=LAYERS, **kwargs)
+
+
+def _vit_cfg(**kwargs):
+    return dict(image_size=IMAGE, patch_size=8, width=WIDTH, layers=LAYERS, head_width=16, **kwargs)
+
+
+def _small_timm():
+    """``timm.create_model`` with small sizes: open_clip's TimmModel builds its trunk with them."""
+    create = timm.create_model
+    return mock.patch.object(timm, "create_model", lambda name, **kw: create(name, **{**kw, **SMALL_TRUNK}))
+
+
+def build_custom_text(seed):
+    torch.manual_seed(seed)
+    return open_clip.CustomTextCLIP(embed_dim=WIDTH, vision_cfg=_vit_cfg(), text_cfg=_text_cfg(proj_bias=True)).eval()
+
+
+def build_siglip(seed):
+    torch.manual_seed(seed)
+    with _small_timm():
+        return open_clip.CustomTextCLIP(
+            embed_dim=WIDTH, init_logit_bias=-10.0,
+            vision_cfg=dict(image_size=IMAGE, timm_model_name="vit_base_patch16_siglip_224", timm_pool="map",
+                            timm_proj="none"),
+            text_cfg=dict(_text_cfg(no_causal_mask=True, proj_bias=True, pool_type="last"),
+                          vocab_size=WordTokenizer.vocab_size)).eval()
+
+
+def build_eva02(seed):
+    torch.manual_seed(seed)
+    with _small_timm():
+        return open_clip.CustomTextCLIP(
+            embed_dim=WIDTH,
+            vision_cfg=dict(image_size=IMAGE, timm_model_name="eva02_base_patch16_clip_224", timm_pool="token",
+                            timm_proj=None),
+            text_cfg=_text_cfg(pool_type="eos", eos_id=49407)).eval()  # SimpleTokenizer's end of text
+
+
+def build_coca(seed):
+    torch.manual_seed(seed)
+    return open_clip.CoCa(
+        embed_dim=WIDTH, multimodal_cfg=dict(context_length=CONTEXT, width=WIDTH, heads=2, layers=1),
+        text_cfg=_text_cfg(embed_cls=True, output_tokens=True),
+        vision_cfg=_vit_cfg(attentional_pool=True, attn_pooler_heads=2, attn_pooler_queries=8,
+                            output_tokens=True)).eval()
+
+
+def build_resnet(seed):
+    torch.manual_seed(seed)
+    return open_clip.CustomTextCLIP(embed_dim=WIDTH, vision_cfg=dict(image_size=IMAGE, layers=(1, 1, 1, 1), width=8),
+                                    text_cfg=_text_cfg()).eval()
+
+
+# ---------------------------------------------------------------------------- own paths
+
+def _own_text(host, ids):
+    return host.encode_text(ids, normalize=False)  # CoCa normalizes by default
+
+
+def _logits(host, video, text):
+    logits = host.logit_scale.exp() * (F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t())
+    return logits + host.logit_bias if host.logit_bias is not None else logits
+
+
+def _own_logits(host, frames, ids):
+    b, t = frames.shape[:2]
+    video = host.encode_image(frames.flatten(0, 1), normalize=False).view(b, t, -1).mean(1)
+    return _logits(host, video, _own_text(host, ids))
+
+
+# ------------------------------------------------------------------ prompted, by hand
+
+def _context(prompts, rows):
+    soft = prompts.ctx.unsqueeze(0).expand(rows, -1, -1)
+    if prompts.coupling is None:
+        return soft
+    hard = prompts.hard.unsqueeze(0).expand_as(soft)
+    return F.relu(F.linear(torch.cat([hard, soft], -1), prompts.coupling.weight, prompts.coupling.bias))
+
+
+def _put(x, at, tokens):
+    """``x`` (N, L, D) with ``tokens`` (n, D) at positions ``at..at+n``."""
+    return torch.cat([x[:, :at], tokens.expand(x.shape[0], -1, -1), x[:, at + tokens.shape[-2]:]], 1)
+
+
+def manual_text(host, ids, prompts, start):
+    """open_clip's TextTransformer with the context and deep text prompts at ``start..start+n``."""
+    text = host.text
+    n = prompts.ctx.shape[0]
+    x = text.token_embedding(ids)
+    x = torch.cat([x[:, :start], _context(prompts, ids.shape[0]), x[:, start + n:]], 1)
+    mask = text.attn_mask
+    if text.cls_emb is not None:  # CoCa: a CLS appended, padding keys masked out (the CLS counts as valid)
+        x = torch.cat([x, text.cls_emb.expand(x.shape[0], 1, -1)], 1)
+        valid, cls = ids != text.pad_id, torch.ones_like(ids[:, :1], dtype=torch.bool)
+        valid = torch.cat([valid, cls] if text.correct_cls_mask else [cls, valid], 1)
+        pad = torch.zeros(valid.shape, dtype=x.dtype).masked_fill(~valid, float("-inf"))
+        length = x.shape[1]
+        mask = (mask[:length, :length] + pad[:, None, :]).repeat_interleave(text.heads, 0)
+    x = x + text.positional_embedding[:x.shape[1]]
+    for layer, block in enumerate(text.transformer.resblocks):
+        if 1 <= layer <= len(prompts.text_deep):
+            x = _put(x, start, prompts.text_deep[layer - 1])
+        x = block(x, attn_mask=mask)
+    rows = torch.arange(x.shape[0])
+    if text.cls_emb is not None:
+        pooled = text.ln_final(x[:, -1])
+    else:
+        x = text.ln_final(x)
+        pooled = {"first": lambda: x[:, 0], "last": lambda: x[:, -1], "argmax": lambda: x[rows, ids.argmax(-1)],
+                  "eos": lambda: x[rows, (ids == text.eos_id).int().argmax(-1)]}[text.pool_type]()
+    proj = text.text_projection
+    return proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+
+
+def _vision_prompts(prompts):
+    return (prompts.vision_ctx, list(prompts.vision_deep)) if prompts.vision_ctx is not None else (None, [])
+
+
+def manual_open_clip_image(host, images, prompts):
+    """open_clip's ViT: prompts appended before ln_pre, replaced per layer, stripped before pooling."""
+    v = host.visual
+    x = v.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], 1) + v.positional_embedding
+    ctx, deep = _vision_prompts(prompts)
+    length = x.shape[1]
+    if ctx is not None:
+        x = _put(x, length, ctx)
+    x = v.ln_pre(x)
+    for layer, block in enumerate(v.transformer.resblocks):
+        if 1 <= layer <= len(deep):
+            x = _put(x, length, deep[layer - 1])
+        x = block(x)
+    x = x[:, :length]
+    if v.attn_pool is not None:  # CoCa: attentional pooler, then CLS-style pooling of its queries
+        x = v.ln_post(v.attn_pool(x))
+    else:
+        x = v.ln_post(x)
+    return x[:, 0] @ v.proj
+
+
+def manual_timm_image(host, images, prompts):
+    """A timm ViT / Eva trunk: prompts join after the position embeddings (last, or right after the
+    prefix tokens with identity rotations where the trunk is rotary) and leave before the final norm."""
+    trunk = host.visual.trunk
+    x = trunk.patch_embed(images)
+    if trunk.cls_token is not None:
+        x = torch.cat([trunk.cls_token.expand(x.shape[0], -1, -1), x], 1)
+    x = trunk.norm_pre(x + trunk.pos_embed)
+    rope = trunk.rope.get_embed() if getattr(trunk, "rope", None) is not None else None
+    ctx, deep = _vision_prompts(prompts)
+    at = trunk.num_prefix_tokens if rope is not None else x.shape[1]
+    n = 0
+    if ctx is not None:
+        n = ctx.shape[0]
+        x = torch.cat([x[:, :at], ctx.expand(x.shape[0], -1, -1), x[:, at:]], 1)
+        if rope is not None:  # the prompts are not rotated: sine 0, cosine 1
+            half = rope.shape[-1] // 2
+            rope = torch.cat([torch.cat([torch.zeros(n, half), torch.ones(n, half)], -1), rope], 0)
+    for layer, block in enumerate(trunk.blocks):
+        if 1 <= layer <= len(deep):
+            x = _put(x, at, deep[layer - 1])
+        x = block(x, rope=rope) if rope is not None else block(x)
+    x = trunk.norm(torch.cat([x[:, :at], x[:, at + n:]], 1))
+    pooled = trunk.attn_pool(x) if trunk.attn_pool is not None else x[:, 0]  # SigLIP: MAP; EVA02: CLS
+    return host.visual.head(trunk.head(trunk.fc_norm(pooled)))
+
+
+def _manual(image):
+    def manual_logits(host, frames, ids, prompts, start):
+        b, t = frames.shape[:2]
+        video = image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
+        return _logits(host, video, manual_text(host, ids, prompts, start))
+
+    return manual_logits
+
+
+def _unprompted_image(host, images, prompts):
+    assert prompts.vision_ctx is None  # text prompts only
+    return host.visual(images)
+
+
+def _case(name, build, image, tokenizer=_clip_tokenizer, **kwargs):
+    return HostCase(name=name, build=build, tokenizer=tokenizer, own_text=_own_text, own_logits=_own_logits,
+                    manual_text=manual_text, manual_logits=_manual(image), text_layers=LAYERS,
+                    vision_layers=LAYERS, checkpointing=lambda host, on: host.set_grad_checkpointing(on), **kwargs)
+
+
+CASES = [] if open_clip is None else [
+    _case("oc-custom-text", build_custom_text, manual_open_clip_image),
+    _case("oc-siglip", build_siglip, manual_timm_image, tokenizer=WordTokenizer, causal=False),
+    _case("oc-eva02", build_eva02, manual_timm_image),
+    _case("oc-coca", build_coca, manual_open_clip_image),
+    _case("oc-resnet", build_resnet, _unprompted_image, vision=False),
+]
