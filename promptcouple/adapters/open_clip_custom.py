@@ -1,10 +1,10 @@
-"""open_clip models whose towers are modules of their own: ``CustomTextCLIP`` (SigLIP, EVA02, ...)
-and ``CoCa`` (its contrastive path, ``encode_text``/``encode_image``).
+"""open_clip models whose towers are modules of their own: ``CustomTextCLIP`` (SigLIP, EVA02, ...),
+``CoCa`` (its contrastive path, ``encode_text``/``encode_image``), and ``CLIP`` with a timm trunk.
 
-Text: open_clip's ``TextTransformer`` under ``model.text``, causal or bidirectional
-(``no_causal_mask``), any ``pool_type``, with CoCa's appended CLS (``embed_cls``). The text is run
-short only where the tower is causal and pools at an end-of-text position (``TextTowerPath.short``).
-An HF text tower (``hf_model_name``) is refused.
+Text: open_clip's ``TextTransformer`` under ``model.text`` (``CLIP``: its own text modules), causal
+or bidirectional (``no_causal_mask``), any ``pool_type``, with CoCa's appended CLS (``embed_cls``).
+The text is run short only where the tower is causal and pools at an end-of-text position
+(``TextTowerPath.short``). An HF text tower (``hf_model_name``) is refused.
 
 Image: open_clip's ``VisionTransformer`` (any pooling, CoCa's attentional pooler), or a timm
 ``VisionTransformer``/``Eva`` trunk inside ``TimmModel`` (``promptcouple.adapters.timm``). Other
@@ -25,7 +25,7 @@ from promptcouple.adapters.timm import has_token_sequence, is_rotary, timm_visio
 CLIP_VOCAB = 49408  # open_clip's CLIP tokenizer, the default when the caller gives none
 
 
-def _timm_trunk(visual: nn.Module) -> Optional[nn.Module]:
+def _timm_trunk(visual: Optional[nn.Module]) -> Optional[nn.Module]:
     """The timm trunk of open_clip's ``TimmModel`` (``None`` for other image towers)."""
     from open_clip.timm_model import TimmModel
 
@@ -54,10 +54,10 @@ def _text_tower(model: nn.Module, family: str) -> nn.Module:
 
 
 class OpenClipCustomAdapter(HostAdapter):
-    """open_clip ``CustomTextCLIP`` and ``CoCa`` with open_clip's own text tower."""
+    """open_clip ``CustomTextCLIP`` and ``CoCa`` with open_clip's own text tower; ``CLIP`` with a timm trunk."""
 
     kind = "open_clip_custom"
-    family = "open_clip CustomTextCLIP / CoCa"
+    family = "open_clip CustomTextCLIP / CoCa / CLIP with a timm trunk"
 
     @classmethod
     def claims(cls, model: nn.Module) -> bool:
@@ -65,16 +65,22 @@ class OpenClipCustomAdapter(HostAdapter):
             import open_clip
         except ImportError:
             return False
-        if not isinstance(model, (open_clip.CustomTextCLIP, open_clip.CoCa)):
-            return False
-        _text_tower(model, f"open_clip {type(model).__name__}")
-        return True
+        if isinstance(model, (open_clip.CustomTextCLIP, open_clip.CoCa)):
+            _text_tower(model, f"open_clip {type(model).__name__}")
+            return True
+        # A CLIP with a timm ViT/Eva trunk: the built-in open_clip adapter would prompt its text only.
+        trunk = _timm_trunk(model.visual) if isinstance(model, open_clip.CLIP) else None
+        return trunk is not None and has_token_sequence(trunk) and hasattr(model, "token_embedding")
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.family = f"open_clip {type(model).__name__}"
-        text = _text_tower(model, self.family)
-        self._text = TextTowerPath(text, text.pool_type, text.eos_id)
+        if hasattr(model, "token_embedding"):  # CLIP: the text modules are its own
+            self._text = TextTowerPath(model, getattr(model, "text_pool_type", "argmax"),
+                                       getattr(model, "text_eos_id", None))
+        else:
+            text = _text_tower(model, self.family)
+            self._text = TextTowerPath(text, text.pool_type, text.eos_id)
         self.text = self._text.site()
 
         visual, trunk = model.visual, _timm_trunk(model.visual)

@@ -1,6 +1,7 @@
 """open_clip ``CustomTextCLIP`` and ``CoCa``: open_clip's ``TextTransformer`` (causal or not, CoCa's
 appended CLS) with open_clip ViT, timm ViT (SigLIP's MAP pooling), timm Eva (EVA02's rotary
-embeddings) and ResNet image towers, built small; with the prompted forward written out by hand.
+embeddings) and ResNet image towers, and a ``CLIP`` with a timm ViT trunk (average pooling), built
+small; with the prompted forward written out by hand.
 
 The timm trunks are built through open_clip's own ``TimmModel`` path, with ``timm.create_model``
 given small sizes while the host is built (nothing is downloaded).
@@ -15,6 +16,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from hosts import manual_text as manual_clip_text
 from zoo import HostCase
 
 try:
@@ -62,10 +64,11 @@ def _vit_cfg(**kwargs):
     return dict(image_size=IMAGE, patch_size=8, width=WIDTH, layers=LAYERS, head_width=16, **kwargs)
 
 
-def _small_timm():
+def _small_timm(**extra):
     """``timm.create_model`` with small sizes: open_clip's TimmModel builds its trunk with them."""
     create = timm.create_model
-    return mock.patch.object(timm, "create_model", lambda name, **kw: create(name, **{**kw, **SMALL_TRUNK}))
+    sizes = {**SMALL_TRUNK, **extra}
+    return mock.patch.object(timm, "create_model", lambda name, **kw: create(name, **{**kw, **sizes}))
 
 
 def build_custom_text(seed):
@@ -92,6 +95,16 @@ def build_eva02(seed):
             vision_cfg=dict(image_size=IMAGE, timm_model_name="eva02_base_patch16_clip_224", timm_pool="token",
                             timm_proj=None),
             text_cfg=_text_cfg(pool_type="eos", eos_id=49407)).eval()  # SimpleTokenizer's end of text
+
+
+def build_clip_timm(seed):
+    torch.manual_seed(seed)
+    with _small_timm(init_values=0.5):  # layer scale kept, but large enough for the prompts to matter
+        return open_clip.CLIP(
+            embed_dim=WIDTH,
+            vision_cfg=dict(image_size=IMAGE, timm_model_name="vit_medium_patch16_gap_256", timm_pool="",
+                            timm_proj="linear"),
+            text_cfg=_text_cfg()).eval()
 
 
 def build_coca(seed):
@@ -220,15 +233,25 @@ def manual_timm_image(host, images, prompts):
             x = _put(x, at, deep[layer - 1])
         x = block(x, rope=rope) if rope is not None else block(x)
     x = trunk.norm(torch.cat([x[:, :at], x[:, at + n:]], 1))
-    pooled = trunk.attn_pool(x) if trunk.attn_pool is not None else x[:, 0]  # SigLIP: MAP; EVA02: CLS
+    if trunk.attn_pool is not None:  # SigLIP: MAP
+        pooled = trunk.attn_pool(x)
+    elif trunk.global_pool == "avg":
+        pooled = x[:, trunk.num_prefix_tokens:].mean(1)
+    else:  # EVA02: CLS
+        pooled = x[:, 0]
     return host.visual.head(trunk.head(trunk.fc_norm(pooled)))
 
 
-def _manual(image):
+def _clip_text(host, ids, prompts, start):
+    assert start == 1  # CLIP's start token
+    return manual_clip_text(host, ids, prompts)
+
+
+def _manual(image, text):
     def manual_logits(host, frames, ids, prompts, start):
         b, t = frames.shape[:2]
         video = image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
-        return _logits(host, video, manual_text(host, ids, prompts, start))
+        return _logits(host, video, text(host, ids, prompts, start))
 
     return manual_logits
 
@@ -238,9 +261,9 @@ def _unprompted_image(host, images, prompts):
     return host.visual(images)
 
 
-def _case(name, build, image, tokenizer=_clip_tokenizer, **kwargs):
+def _case(name, build, image, text=manual_text, tokenizer=_clip_tokenizer, **kwargs):
     return HostCase(name=name, build=build, tokenizer=tokenizer, own_text=_own_text, own_logits=_own_logits,
-                    manual_text=manual_text, manual_logits=_manual(image), text_layers=LAYERS,
+                    manual_text=text, manual_logits=_manual(image, text), text_layers=LAYERS,
                     vision_layers=LAYERS, checkpointing=lambda host, on: host.set_grad_checkpointing(on), **kwargs)
 
 
@@ -250,4 +273,5 @@ CASES = [] if open_clip is None else [
     _case("oc-eva02", build_eva02, manual_timm_image),
     _case("oc-coca", build_coca, manual_open_clip_image),
     _case("oc-resnet", build_resnet, _unprompted_image, vision=False),
+    _case("oc-clip-timm", build_clip_timm, manual_timm_image, text=_clip_text),
 ]
