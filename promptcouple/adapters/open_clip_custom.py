@@ -34,12 +34,13 @@ def _timm_trunk(visual: Optional[nn.Module]) -> Optional[nn.Module]:
 
 def _text_tower(model: nn.Module, family: str) -> nn.Module:
     """``model.text`` if it is open_clip's ``TextTransformer``; otherwise the refusal."""
+    from open_clip.hf_model import HFTextEncoder
     from open_clip.transformer import TextTransformer
 
     text = getattr(model, "text", None)
     if isinstance(text, TextTransformer):
         return text
-    if type(text).__name__ == "HFTextEncoder":
+    if isinstance(text, HFTextEncoder):
         arch = getattr(getattr(text, "config", None), "model_type", "?")
         raise UnsupportedHostError(
             f"{family}: the text tower is open_clip's HFTextEncoder over a transformers '{arch}' model "
