@@ -17,17 +17,55 @@ offers two terms that act, and the released one for comparison:
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptcouple.constants import HAND_CRAFTED_TEMPLATE, class_key, fill_template
+
 MODES = ("consistency", "negative", "reference")
 
 
-def _norm_name(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
+class AnchorOverlapError(ValueError):
+    """Anchor labels that are also trained or evaluated classes; the message names them and the fix."""
+
+
+def check_anchor_overlap(anchor_labels: Sequence[str], classes: Mapping[str, Sequence[str]], *,
+                         allow: bool = False) -> dict[str, list[str]]:
+    """The one check that anchor labels stay disjoint from the trained and evaluated classes.
+
+    An anchor label that is also a class leaks that class into the anchor term: the term then
+    pulls its clips towards the frozen model (or, in ``"negative"`` mode, away from the class),
+    and base or novel accuracy no longer measures what the protocol says (METHOD.md section 3).
+    That silently invalidates a result, so it is an error, not a warning; ``allow=True`` is the
+    explicit way to run such an experiment anyway.
+
+    Args:
+        anchor_labels: The anchor class names.
+        classes: Class names by role, e.g. ``{"training": base, "novel evaluation": novel}``.
+        allow: Return the overlaps instead of raising.
+
+    Returns:
+        The overlapping labels (compared ignoring case and underscores) by role; empty if none.
+
+    Raises:
+        AnchorOverlapError: Some label overlaps and ``allow`` is false.
+    """
+    anchors = {class_key(a) for a in anchor_labels}
+    found = {}
+    for role, names in classes.items():
+        overlap = sorted(anchors & {class_key(n) for n in names})
+        if overlap:
+            found[role] = overlap
+    if found and not allow:
+        role, overlap = next(iter(found.items()))
+        raise AnchorOverlapError(
+            f"{len(overlap)} anchor class(es) are also {role} classes, which leaks them into the anchors: "
+            f"{overlap[:10]}; use a disjoint anchor set, or allow the overlap explicitly "
+            "(AnchorRegularizer(allow_overlap=True); config: anchors.allow_overlap: true)")
+    return found
 
 
 class AnchorRegularizer(nn.Module):
@@ -39,19 +77,23 @@ class AnchorRegularizer(nn.Module):
         mode: ``"consistency"``, ``"negative"`` or ``"reference"`` (see the module docstring).
         weight: Multiplies the returned loss (consistency/negative modes).
         classnames: Training classes; needed by ``"negative"`` when no ``class_features`` are
-            passed, and checked for overlap with the anchor labels (leakage).
+            passed, and checked for overlap with the anchor labels (see :func:`check_anchor_overlap`).
         template: Hand-crafted template of the negative prompts.
         anchor_text: In ``"consistency"`` mode, which text the prompted side compares against:
             ``"prompted"`` (anchor labels through the prompted text tower: constrains both towers)
             or ``"frozen"`` (the negative prompts themselves: constrains the vision prompts only).
         feature_weight: Weight of ``1 - cos(prompted, frozen)`` anchor video features (consistency).
         alpha: Scale of the released term (reference mode).
+        allow_overlap: Accept anchor labels that are also class names (they leak those classes).
+
+    Raises:
+        AnchorOverlapError: An anchor label is also a training class (unless ``allow_overlap``).
     """
 
     def __init__(self, wrapper: nn.Module, anchor_labels: Sequence[str], *, mode: str = "consistency",
                  weight: float = 1.0, classnames: Optional[Sequence[str]] = None,
-                 template: str = "a video of a person {}.", anchor_text: str = "prompted",
-                 feature_weight: float = 0.0, alpha: float = 1.0):
+                 template: str = HAND_CRAFTED_TEMPLATE, anchor_text: str = "prompted",
+                 feature_weight: float = 0.0, alpha: float = 1.0, allow_overlap: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
@@ -68,6 +110,7 @@ class AnchorRegularizer(nn.Module):
         self.mode, self.weight, self.template = mode, float(weight), template
         self.anchor_text, self.feature_weight, self.alpha = anchor_text, float(feature_weight), float(alpha)
         self.classnames = list(classnames) if classnames is not None else None
+        self.allow_overlap = allow_overlap
         self.register_buffer("_frozen_text", None, persistent=False)
         if self.classnames is not None:
             self.check_leakage(self.classnames, "training")
@@ -83,12 +126,13 @@ class AnchorRegularizer(nn.Module):
                                  "it runs only with 1 label or as many labels as classes")
 
     def check_leakage(self, names: Sequence[str], role: str = "evaluation") -> list[str]:
-        """Warn about (and return) anchor labels that are also ``role`` class names."""
-        overlap = sorted({_norm_name(n) for n in names} & {_norm_name(a) for a in self.anchor_labels})
-        if overlap:
-            warnings.warn(f"{len(overlap)} anchor label(s) are also {role} class names, which leaks "
-                          f"those classes into the anchors: {overlap[:10]}", stacklevel=2)
-        return overlap
+        """Anchor labels that are also ``role`` class names: an error unless ``allow_overlap``.
+
+        Returns:
+            The overlapping labels (only ever non-empty with ``allow_overlap=True``).
+        """
+        found = check_anchor_overlap(self.anchor_labels, {role: names}, allow=self.allow_overlap)
+        return found.get(role, [])
 
     # ----------------------------------------------------------------------------------------
 
@@ -96,8 +140,7 @@ class AnchorRegularizer(nn.Module):
         """Negative prompts through the frozen, un-prompted text tower: computed once, then cached."""
         device = self.wrapper.device
         if self._frozen_text is None or self._frozen_text.device != device:
-            texts = [self.template.format(x.replace("_", " ")) for x in self.anchor_labels]
-            self._frozen_text = self.wrapper.encode_frozen_text(texts)
+            self._frozen_text = self.wrapper.encode_frozen_text(fill_template(self.template, self.anchor_labels))
         return self._frozen_text
 
     def _video(self, clips: torch.Tensor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 DEFAULT_N_CTX = 16
@@ -40,7 +40,6 @@ class CouplingConfig:
     ctx_init: Optional[str] = None
     dropout: float = 0.5
     init_std: float = 0.02
-    version: int = field(default=1, repr=False)
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ValueError:
@@ -76,7 +75,9 @@ class CouplingConfig:
     def from_dict(cls, data: dict[str, Any]) -> "CouplingConfig":
         """Build from a dict, warning about (and ignoring) keys this version does not know."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        # Files of promptcouple 0.1 carry a "version" field that nothing read; the file format's
+        # version is the metadata key format_version.
+        unknown = sorted(set(data) - known - {"version"})
         if unknown:
             warnings.warn(f"CouplingConfig: ignoring unknown keys {unknown} (written by a newer promptcouple?)")
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptcouple.constants import HAND_CRAFTED_TEMPLATE, fill_template
+
 
 class TextConsistencyRegularizer(nn.Module):
     """``weight * mean_k (1 - cos(prompted_k, handcrafted_k))`` over the training classes.
@@ -26,7 +28,7 @@ class TextConsistencyRegularizer(nn.Module):
     """
 
     def __init__(self, wrapper: nn.Module, classnames: Sequence[str], *, weight: float = 8.0,
-                 template: str = "a video of a person {}."):
+                 template: str = HAND_CRAFTED_TEMPLATE):
         super().__init__()
         if "{}" not in template:
             raise ValueError(f"template {template!r} has no '{{}}' for the class name")
@@ -38,7 +40,7 @@ class TextConsistencyRegularizer(nn.Module):
         """Hand-crafted class features of the frozen tower: computed once, then cached."""
         device = self.wrapper.device
         if self._frozen is None or self._frozen.device != device:
-            texts = [self.template.format(c.replace("_", " ")) for c in self.classnames]
+            texts = fill_template(self.template, self.classnames)
             self._frozen = F.normalize(self.wrapper.encode_frozen_text(texts), dim=-1)
         return self._frozen
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import promptcouple as pc
 from hosts import make_host
+from promptcouple.anchors import AnchorOverlapError
 
 SMALL = dict(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3)
 CLASSES = ["archery", "riding a bike", "playing the violin"]
@@ -115,11 +116,14 @@ def test_reference_mode_with_as_many_labels_as_classes_is_a_per_class_bias(setup
 
 def test_leakage_and_bad_arguments(setup):
     wrapper, _, _ = setup
-    with pytest.warns(UserWarning, match="leaks"):
+    # Overlap leaks classes into the anchors: an error (as in the Trainer), unless allowed explicitly.
+    with pytest.raises(AnchorOverlapError, match="leaks"):
         pc.AnchorRegularizer(wrapper, ["Archery", "yoga"], classnames=CLASSES)
     reg = pc.AnchorRegularizer(wrapper, ANCHORS)
-    with pytest.warns(UserWarning, match="evaluation class names"):
-        assert reg.check_leakage(["washing_dishes", "surfing"]) == ["washing dishes"]
+    with pytest.raises(AnchorOverlapError, match="evaluation classes.*'washing dishes'"):
+        reg.check_leakage(["washing_dishes", "surfing"])
+    allowed = pc.AnchorRegularizer(wrapper, ANCHORS, allow_overlap=True)
+    assert allowed.check_leakage(["washing_dishes", "surfing"]) == ["washing dishes"]
     with pytest.raises(ValueError, match="mode="):
         pc.AnchorRegularizer(wrapper, ANCHORS, mode="dps")
     with pytest.raises(ValueError, match="non-empty list"):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
+
+from promptcouple.fileio import PathLike
 
 from .decode import DECODE_ERRORS, VideoDecodeError, read_frame_folder, read_video_frames
 from .lists import ListFormat, VideoRecord, read_label_csv, read_video_list
@@ -16,8 +18,6 @@ from .sampling import clip_indices
 from .transforms import MULTISCALE_SCALES, EvalTransform, TrainTransform
 
 __all__ = ["VideoListDataset"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 _MAX_LISTED_MISSING = 20
 

@@ -21,10 +21,11 @@ Label files are CSV ``id,name`` with an optional header; ids must be exactly ``0
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence, Union
+from typing import Iterable, Literal, Sequence
+
+from promptcouple.fileio import PathLike
 
 __all__ = [
     "ListFormatError",
@@ -36,7 +37,6 @@ __all__ = [
     "write_video_list",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 ListFormat = Literal["auto", "video", "frames"]
 
 # Extensions that mark a three-field line as "video file + frame count" instead of a frame folder.

@@ -14,6 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from promptcouple.constants import CLIP_MEAN, CLIP_STD
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -24,8 +26,6 @@ __all__ = [
     "resize_short_side",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN / ViFi-CLIP / GA2-CLIP
 
 

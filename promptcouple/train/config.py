@@ -34,15 +34,14 @@ cfg.yaml``; override any value with ``--set optim.lr=2e-3``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-import yaml
+from promptcouple.constants import HAND_CRAFTED_TEMPLATE
+from promptcouple.train.yaml_dataclass import (ConfigError, build, is_path_field, parse_override, path_field,
+                                               read_yaml_mapping, resolve_paths, set_dotted, unknown_key_message)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ANCHOR_MODES = ("consistency", "negative", "reference")
@@ -50,14 +49,11 @@ VIEW_REDUCTIONS = ("softmax", "logits")
 BUILTIN_MODELS = ("tiny", "tiny-quickgelu", "world")
 WORLD_PROTOCOLS = ("base_to_novel", "few_shot")
 
-
-class ConfigError(ValueError):
-    """A training config that cannot run; the message names the key and the fix."""
-
-
-def _path(**kw: Any) -> Any:
-    """A field holding a file or directory path (resolved relative to the config file)."""
-    return field(metadata={"path": True}, **kw)
+# What a run writes into run.output_dir.
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+RESULTS = "results.json"
+PROMPTS = "prompts.safetensors"
 
 
 @dataclass
@@ -77,8 +73,8 @@ class ModelConfig:
     """
 
     name: str = "tiny"
-    pretrained: Optional[str] = _path(default=None)
-    backbone_checkpoint: Optional[str] = _path(default=None)
+    pretrained: Optional[str] = path_field(default=None, only_if_exists=True)  # or a tag: openai
+    backbone_checkpoint: Optional[str] = path_field(default=None)
     trust_checkpoint: bool = False
     grad_checkpointing: bool = False
 
@@ -97,7 +93,7 @@ class PromptsConfig:
         coupling: The ``CouplingConfig`` keyword arguments.
     """
 
-    hard_prompts: Optional[str] = _path(default=None)
+    hard_prompts: Optional[str] = path_field(default=None)
     coupling: dict = field(default_factory=dict)
 
 
@@ -155,13 +151,13 @@ class DataConfig:
         world: Generated world dataset instead of list files.
     """
 
-    train_list: Optional[str] = _path(default=None)
-    labels: Optional[str] = _path(default=None)
-    val_list: Optional[str] = _path(default=None)
-    val_labels: Optional[str] = _path(default=None)
-    novel_list: Optional[str] = _path(default=None)
-    novel_labels: Optional[str] = _path(default=None)
-    root: Optional[str] = _path(default=None)
+    train_list: Optional[str] = path_field(default=None)
+    labels: Optional[str] = path_field(default=None)
+    val_list: Optional[str] = path_field(default=None)
+    val_labels: Optional[str] = path_field(default=None)
+    novel_list: Optional[str] = path_field(default=None)
+    novel_labels: Optional[str] = path_field(default=None)
+    root: Optional[str] = path_field(default=None)
     num_frames: int = 8
     image_size: int = 224
     num_workers: int = 0
@@ -190,15 +186,15 @@ class AnchorConfig:
         allow_overlap: Permit anchor classes that also appear among trained/evaluated classes.
     """
 
-    list: Optional[str] = _path(default=None)
-    labels: Optional[str] = _path(default=None)
-    root: Optional[str] = _path(default=None)
+    list: Optional[str] = path_field(default=None)
+    labels: Optional[str] = path_field(default=None)
+    root: Optional[str] = path_field(default=None)
     world: bool = False
     per_class: int = 8
     mode: str = "consistency"
     weight: float = 1.0
     batch_size: int = 1
-    template: str = "a video of a person {}."
+    template: str = HAND_CRAFTED_TEMPLATE
     allow_overlap: bool = False
 
     @property
@@ -249,7 +245,7 @@ class LossConfig:
     """
 
     text_consistency: float = 0.0
-    text_consistency_template: str = "a video of a person {}."
+    text_consistency_template: str = HAND_CRAFTED_TEMPLATE
 
 
 @dataclass
@@ -289,7 +285,7 @@ class RunConfig:
             the checkpoint (for time-limited jobs and resume tests). ``None``: run to the end.
     """
 
-    output_dir: str = _path(default="runs/default")
+    output_dir: str = path_field(default="runs/default")
     seed: int = 1024
     precision: str = "fp32"
     device: str = "auto"
@@ -319,7 +315,7 @@ class TrainConfig:
             ConfigError: Unknown keys, wrong types or values out of range.
         """
         data = _flatten_prompts(dict(data or {}))
-        cfg = _build(cls, data, "", Path(base_dir) if base_dir is not None else None)
+        cfg = build(cls, data, "", Path(base_dir) if base_dir is not None else None)
         cfg.check()
         return cfg
 
@@ -430,7 +426,7 @@ def check_files(cfg: TrainConfig) -> None:
         ("anchors.list", cfg.anchors.list), ("anchors.labels", cfg.anchors.labels),
     ]
     items += [(f"data.{f.name}", getattr(cfg.data, f.name)) for f in dataclasses.fields(DataConfig)
-              if f.metadata.get("path")]
+              if is_path_field(f)]
     for key, value in items:
         if value is not None and not os.path.exists(value):
             raise ConfigError(f"{key}: {value!r} does not exist")
@@ -453,32 +449,16 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
         ConfigError: Unreadable file, bad YAML, unknown keys, wrong types or values.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read config {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    raw = _flatten_prompts(raw)
-    raw = _resolve_paths(TrainConfig, raw, path.resolve().parent, "")
+    raw = resolve_paths(TrainConfig, _flatten_prompts(read_yaml_mapping(path)), path.resolve().parent)
     for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from None
-        _set_dotted(raw, key.strip(), value)
-        raw = _resolve_paths(TrainConfig, raw, Path.cwd(), "", only=key.strip())
+        key, value = parse_override(item)
+        key = _dotted_key(key)
+        set_dotted(raw, key, value)
+        raw = resolve_paths(TrainConfig, raw, Path.cwd(), only=key)
     return TrainConfig.from_dict(raw)
 
 
-# --- building dataclasses from dicts -------------------------------------------------------------
+# --- the prompts section: CouplingConfig's fields sit flat beside hard_prompts in YAML ------------
 
 def _flatten_prompts(raw: dict) -> dict:
     """Move the coupling fields of ``prompts`` into ``prompts.coupling`` (YAML keeps them flat)."""
@@ -496,136 +476,21 @@ def _flatten_prompts(raw: dict) -> dict:
     return raw
 
 
+def _dotted_key(key: str) -> str:
+    """An override's key in the built tree: ``prompts.n_ctx`` is ``prompts.coupling.n_ctx``."""
+    parts = key.split(".")
+    if parts[0] == "prompts" and len(parts) == 2 and parts[1] != "hard_prompts":
+        _check_coupling_keys({parts[1]: None})
+        return f"prompts.coupling.{parts[1]}"
+    return key
+
+
 def _check_coupling_keys(coupling: dict) -> None:
     try:
         from promptcouple import CouplingConfig
     except ImportError:
         return
-    known = {f.name for f in dataclasses.fields(CouplingConfig)} - {"version"}
+    known = {f.name for f in dataclasses.fields(CouplingConfig)}
     for key in coupling:
         if key not in known:
-            raise ConfigError(_unknown("prompts." + key, key, sorted(known | {"hard_prompts"})))
-
-
-def _unknown(dotted: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {dotted!r}{hint}; known keys here: {', '.join(known)}"
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    if parts[0] == "prompts" and len(parts) == 2 and parts[1] != "hard_prompts":
-        parts = ["prompts", "coupling", parts[1]]
-        _check_coupling_keys({parts[2]: value})
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _is_section(tp: Any) -> bool:
-    return dataclasses.is_dataclass(tp)
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _hints(cls: type) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _resolve_paths(cls: type, raw: dict, base: Path, prefix: str, only: Optional[str] = None) -> dict:
-    """Make relative path values absolute against ``base`` (only the key ``only`` when given)."""
-    if not isinstance(raw, dict):
-        return raw
-    out = dict(raw)
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name not in out:
-            continue
-        dotted = prefix + f.name
-        tp, _ = _unwrap_optional(hints[f.name])
-        if _is_section(tp):
-            out[f.name] = _resolve_paths(tp, out[f.name], base, dotted + ".", only)
-        elif f.metadata.get("path") and isinstance(out[f.name], str) and (only is None or only == dotted):
-            value = os.path.expanduser(out[f.name])
-            candidate = value if os.path.isabs(value) else str(base / value)
-            # `pretrained` may be a tag ("openai"): only a value that names an existing file is a path
-            if f.name == "pretrained" and not os.path.exists(candidate):
-                continue
-            out[f.name] = candidate
-    return out
-
-
-def _build(cls: type, raw: Any, prefix: str, base: Optional[Path]) -> Any:
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    if base is not None:
-        raw = _resolve_paths(cls, raw, base, "")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(_unknown(prefix + str(key), str(key), sorted(fields)))
-    hints = _hints(cls)
-    kwargs = {}
-    for name, value in raw.items():
-        tp, optional = _unwrap_optional(hints[name])
-        dotted = prefix + name
-        if value is None:
-            if not optional:
-                raise ConfigError(f"{dotted}: may not be null")
-            kwargs[name] = None
-        elif _is_section(tp):
-            kwargs[name] = _build(tp, value, dotted + ".", None)
-        else:
-            kwargs[name] = _coerce(value, tp, dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad("an integer")
-    if tp is float:
-        # PyYAML reads "4e-3" (no dot) as a string; accept it as the number it means
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad("a number") from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad("a string")
-    if tp is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(_coerce(v, float, f"{key}[{i}]") for i, v in enumerate(value))
-        raise bad("a list of numbers")
-    if tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise bad("a mapping")
-    raise AssertionError(f"unhandled field type {tp} for {key}")  # a bug in this module, not user input
+            raise ConfigError(unknown_key_message("prompts." + key, key, sorted(known | {"hard_prompts"})))

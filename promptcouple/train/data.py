@@ -12,20 +12,16 @@ Three sources, each giving items ``(frames (T, 3, H, W), label)`` in training an
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from promptcouple.anchors import AnchorOverlapError, check_anchor_overlap
+from promptcouple.constants import CLIP_MEAN, CLIP_STD
+from promptcouple.fileio import PathLike
 from promptcouple.train.config import ConfigError, TrainConfig
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-# CLIP's normalisation, applied to uint8 clip files (float files are stored ready to use).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ClipTensorDataset(Dataset):
@@ -86,7 +82,7 @@ class ClipTensorDataset(Dataset):
 
     def __getitem__(self, index: int):
         clip = self.frames[index]
-        if clip.dtype == torch.uint8:
+        if clip.dtype == torch.uint8:  # stored as pixels: normalise as CLIP expects (float files are ready)
             mean = torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1)
             std = torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1)
             clip = (clip.float() / 255 - mean) / std
@@ -209,22 +205,13 @@ def _names(labels: Optional[str], list_file: Optional[str]) -> list[str]:
     return list(ClipTensorDataset(list_file).classnames)
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
-
-
 def _check_anchor_overlap(ds: Datasets, cfg: TrainConfig) -> None:
-    """Anchor classes must not be trained or evaluated classes (METHOD.md section 3): that leaks them."""
-    if cfg.anchors.allow_overlap:
-        return
-    anchors = {_norm(x) for x in ds.anchor_labels}
-    named = [("training", ds.classnames)] + [(f"{n} evaluation", ev.classnames) for n, ev in ds.evals.items()]
-    for role, names in named:
-        overlap = sorted(anchors & {_norm(x) for x in names})
-        if overlap:
-            raise ConfigError(f"anchors: {len(overlap)} anchor class(es) are also {role} classes, which leaks "
-                              f"them into the anchors: {overlap[:10]}; use a disjoint anchor set or set "
-                              "anchors.allow_overlap: true")
+    """Before any model is built: anchor classes must not be trained or evaluated classes."""
+    classes = {"training": ds.classnames, **{f"{n} evaluation": ev.classnames for n, ev in ds.evals.items()}}
+    try:
+        check_anchor_overlap(ds.anchor_labels, classes, allow=cfg.anchors.allow_overlap)
+    except AnchorOverlapError as err:
+        raise ConfigError(f"anchors: {err}") from None
 
 
 def _world_datasets(cfg: TrainConfig, *, train: bool) -> Datasets:

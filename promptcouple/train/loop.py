@@ -399,12 +399,9 @@ class Trainer:
             import promptcouple as pc
 
             a = cfg.anchors
-            with warnings.catch_warnings():
-                if a.allow_overlap:
-                    warnings.simplefilter("ignore")
-                self.regularizer = pc.AnchorRegularizer(self.wrapper, ds.anchor_labels, mode=a.mode,
-                                                        weight=a.weight, classnames=ds.classnames,
-                                                        template=a.template)
+            self.regularizer = pc.AnchorRegularizer(self.wrapper, ds.anchor_labels, mode=a.mode, weight=a.weight,
+                                                    classnames=ds.classnames, template=a.template,
+                                                    allow_overlap=a.allow_overlap)
         text_regularizer = None
         if cfg.loss.text_consistency > 0:
             import promptcouple as pc
