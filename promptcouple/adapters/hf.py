@@ -36,9 +36,10 @@ def _is(model: nn.Module, cls: tuple[str, str]) -> bool:
 
 
 def _pooled(out: Any) -> torch.Tensor:
-    """Features from a ``get_*_features`` call: a tensor (transformers 4.x) or an output's
-    ``pooler_output`` (5.x, where the projection is applied to it)."""
-    return out if torch.is_tensor(out) else out.pooler_output
+    """Features from a ``get_*_features`` call: a tensor (transformers 4.x), or from 5 on an output
+    whose pooled item, the projected one, comes second (``last_hidden_state`` first), also when
+    ``config.return_dict=False`` makes it a tuple."""
+    return out if torch.is_tensor(out) else out[1]
 
 
 def _text_site(text_model: nn.Module, causal: bool) -> TextSite:
@@ -84,10 +85,10 @@ class _HFDualTower(HostAdapter):
         self.text = _text_site(model.text_model, self.causal)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.model.get_text_features(input_ids=ids, return_dict=True))
+        return _pooled(self.model.get_text_features(input_ids=ids))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(pixel_values=images, return_dict=True))
+        return _pooled(self.model.get_image_features(pixel_values=images))
 
 
 class _CausalCLIPText(_HFDualTower):
@@ -175,7 +176,7 @@ class HFSiglip2Adapter(HFSiglipAdapter):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         patches, shapes = self.patchify(images)
         return _pooled(self.model.get_image_features(pixel_values=patches, spatial_shapes=shapes,
-                                                     pixel_attention_mask=None, return_dict=True))
+                                                     pixel_attention_mask=None))
 
     def patchify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``(N, C, H, W)`` as patches ``(N, h*w, p*p*C)`` (row by row, channels last within a
@@ -225,10 +226,10 @@ class HFXCLIPAdapter(_CausalCLIPText):
         if t != expected:
             raise ValueError(f"{self.family}: clips of {t} frames, but the model was built for num_frames={expected} "
                              "(its message attention groups that many frames); sample that many frames per clip")
-        out = m.vision_model(pixel_values=frames.flatten(0, 1), return_dict=True)
-        cls = m.visual_projection(out.pooler_output).view(b, t, -1)
-        video = m.mit(cls)[1]  # pooled output (an output object in 5.x, a tuple before)
-        tokens = m.prompts_visual_layernorm(out.last_hidden_state[:, 1:]) @ m.prompts_visual_projection
+        # Items by index, as XCLIPModel.forward reads them: outputs and tuples (return_dict=False) alike.
+        hidden, pooled = m.vision_model(pixel_values=frames.flatten(0, 1))[:2]
+        video = m.mit(m.visual_projection(pooled).view(b, t, -1))[1]
+        tokens = m.prompts_visual_layernorm(hidden[:, 1:]) @ m.prompts_visual_projection
         return video, tokens.view(b, t, -1, video.shape[-1]).mean(dim=1)
 
     def specialize_text(self, text: torch.Tensor, context: Any) -> torch.Tensor:

@@ -8,6 +8,7 @@ message tokens stay inside its vision layers, and its MIT and prompt generator a
 
 from __future__ import annotations
 
+import inspect
 import re
 import zlib
 
@@ -86,10 +87,14 @@ def _xclip(seed):
 
 
 def _checkpointing(host, on):
-    # activation_checkpointing_* from transformers 5 on; the older names warn there
-    enable = getattr(host, "activation_checkpointing_enable", host.gradient_checkpointing_enable)
-    disable = getattr(host, "activation_checkpointing_disable", host.gradient_checkpointing_disable)
-    enable() if on else disable()
+    # activation_checkpointing_* from transformers 5 on (the older names warn there). Non-reentrant,
+    # as 5 defaults to: the reentrant kind cannot serve torch.autograd.grad, which the contract uses.
+    if not on:
+        getattr(host, "activation_checkpointing_disable", host.gradient_checkpointing_disable)()
+    elif hasattr(host, "activation_checkpointing_enable"):
+        host.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        host.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 # ------------------------------------------------------------------------- the hosts' own paths
@@ -104,7 +109,10 @@ def _own_text(host, ids):
 
 def _siglip2_inputs(frames):
     """Images ``(N, C, H, W)`` as Siglip2's processor hands them over: patches, mask and grid."""
-    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+    try:  # the torch (C, H, W) version: in the fast processor before transformers 5, the only one from 5 on
+        from transformers.models.siglip2.image_processing_siglip2_fast import convert_image_to_patches
+    except ImportError:
+        from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
     patches = torch.stack([convert_image_to_patches(image, PATCH) for image in frames])
     grid = IMAGE // PATCH
@@ -151,6 +159,16 @@ def _put(x, tokens, a, b):
     return torch.cat([x[:, :a], tokens, x[:, b:]], 1)
 
 
+def _block(block, x, mask):
+    """One encoder layer. Before transformers 5 the layers took the causal mask as a separate
+    ``causal_attention_mask`` argument and returned a tuple."""
+    if "causal_attention_mask" in inspect.signature(block.forward).parameters:
+        out = block(x, None, mask)
+    else:
+        out = block(x, mask)
+    return out if torch.is_tensor(out) else out[0]
+
+
 def _manual_text_states(text_model, ids, prompts, start, causal):
     """Final-norm hidden states of a prompted text tower, layer by layer."""
     n = prompts.ctx.shape[0]
@@ -160,18 +178,18 @@ def _manual_text_states(text_model, ids, prompts, start, causal):
     mask = None
     if causal:  # additive (N, 1, L, L) mask, as eager attention and SDPA both take it
         length = ids.shape[1]
-        mask = torch.full((length, length), torch.finfo(x.dtype).min).triu(1)[None, None]
+        mask = torch.full((length, length), torch.finfo(x.dtype).min).triu(1).expand(len(ids), 1, -1, -1)
     for layer, block in enumerate(text_model.encoder.layers):
         if 1 <= layer <= len(prompts.text_deep):
             x = _put(x, prompts.text_deep[layer - 1], start, start + n)
-        x = block(x, mask)
+        x = _block(block, x, mask)
     return text_model.final_layer_norm(x)
 
 
 def _manual_clip_text(host, ids, prompts, start):
     assert start == 1  # after CLIP's start token
     x = _manual_text_states(host.text_model, ids, prompts, start, causal=True)
-    eos = host.text_model.eos_token_id
+    eos = getattr(host.text_model, "eos_token_id", 2)  # X-CLIP before transformers 5: always the highest id
     pos = ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
     return host.text_projection(x[torch.arange(len(ids)), pos])
 
@@ -193,7 +211,7 @@ def _manual_vision_states(vision_model, x, prompts, pre_norm=None):
     for layer, block in enumerate(vision_model.encoder.layers):
         if n and 1 <= layer <= len(prompts.vision_deep):
             x = _put(x, prompts.vision_deep[layer - 1], x.shape[1] - n, x.shape[1])
-        x = block(x, None)
+        x = _block(block, x, None)
     return x[:, :x.shape[1] - n]
 
 
@@ -233,7 +251,7 @@ def _manual_xclip_logits(host, frames, ids, prompts, start):
     b, t = frames.shape[:2]
     v = host.vision_model
     x = _manual_vision_states(v, _clip_embed(v, frames.flatten(0, 1)), prompts, v.pre_layernorm)
-    video = host.mit(host.visual_projection(v.post_layernorm(x[:, 0])).view(b, t, -1)).pooler_output
+    video = host.mit(host.visual_projection(v.post_layernorm(x[:, 0])).view(b, t, -1))[1]  # pooled
     tokens = host.prompts_visual_layernorm(x[:, 1:]) @ host.prompts_visual_projection
     tokens = tokens.view(b, t, -1, video.shape[-1]).mean(1)
     text = _manual_clip_text(host, ids, prompts, start).unsqueeze(0).expand(b, -1, -1)
