@@ -12,14 +12,14 @@ Two data sources, one code path:
 * real data (``--model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml``): per dataset and
   protocol a ``data`` section of the training config (list files, label CSVs, root), in which
   ``{split}`` and ``{shots}`` are filled in per run. Relative paths are resolved against the YAML
-  file's directory. Example::
+  file's directory; the format in full: docs/CONFIG.md. Example::
 
       datasets:
         hmdb51:
-          base_to_novel: {train_list: hmdb/b2n_train_s{split}.txt, labels: hmdb/base.csv,
+          base_to_novel: {train_list: "hmdb/b2n_train_s{split}.txt", labels: hmdb/base.csv,
                           val_list: hmdb/b2n_val_base.txt, novel_list: hmdb/b2n_val_novel.txt,
                           novel_labels: hmdb/novel.csv, root: /data/hmdb51/videos}
-          few_shot: {train_list: hmdb/fs_{shots}shot_s{split}.txt, labels: hmdb/labels.csv,
+          few_shot: {train_list: "hmdb/fs_{shots}shot_s{split}.txt", labels: hmdb/labels.csv,
                      val_list: hmdb/val.txt, root: /data/hmdb51/videos}
           zero_shot: {val_list: hmdb/val.txt, labels: hmdb/labels.csv, root: /data/hmdb51/videos}
         k400:
