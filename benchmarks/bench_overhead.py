@@ -13,7 +13,9 @@ paper's configuration (16 text / 16 vision tokens, depth 9, coupled to a hard pr
    process: on the CPU the peak resident set grown by the step, on CUDA the allocator's peak).
 
 A CPU-sized step is 2 clips of 8 frames plus one anchor clip (the paper: 8 clips of 32 frames per
-GPU). Timings interleave the two sides (A B A B ...) and report medians after a warm-up.
+GPU). Timings interleave the two sides (A B, B A, ...) over ``--reps`` pairs after a warm-up and
+report medians with interquartile ranges, the ratio per pair, and the load average; a ratio whose
+spread is too wide to read is flagged (``benchmarks/timing.py``).
 
     python benchmarks/bench_overhead.py --json bench.json --plot bench.png
     python benchmarks/bench_overhead.py --tiny          # seconds: a smoke run on a tiny model
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import promptcouple as pc
+from timing import Comparison, compare, load_average
 
 # Token counts (with the final ".") of the 400 Kinetics-400 class names, from the label list in the
 # GA2-CLIP repository (lists/kinetics_400_labels.csv), tokenized with CLIP's BPE: {count: names}.
@@ -78,48 +81,39 @@ def build(tiny: bool, device: torch.device):
     return wrapper, size
 
 
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def compare(a, b, device, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, interleaved so that load on the machine hits both alike."""
-    for _ in range(warmup):
-        a(), b()
-    ta, tb = [], []
-    for _ in range(reps):
-        ta.append(timed(a, device))
-        tb.append(timed(b, device))
-    return statistics.median(ta), statistics.median(tb)
-
-
 class Steps:
-    """Our training step and the reference-style one, over the same model and data."""
+    """Our training step and the reference-style one, over the same model and data.
 
-    def __init__(self, wrapper, size: int, classes: list[str], anchors: list[str], device, frames: int):
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a GradScaler).
+    """
+
+    def __init__(self, wrapper, size: int, classes: list[str], anchors: list[str], device, frames: int,
+                 precision: str = "auto", batch: int = 2, loss_fn=None):
         self.w, self.classes, self.anchors = wrapper, classes, anchors
-        self.clips = torch.randn(2, frames, 3, size, size, device=device)
+        self.batch = batch
+        self.clips = torch.randn(batch, frames, 3, size, size, device=device)
         self.anchor_clip = torch.randn(1, frames, 3, size, size, device=device)
-        self.labels = torch.arange(2, device=device) % len(classes)
+        self.labels = torch.arange(batch, device=device) % len(classes)
         self.reg = pc.AnchorRegularizer(wrapper, anchors)
-        params = [p for _, p in wrapper.trainable_parameters()]
-        self.opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-3)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+        self.opt = torch.optim.AdamW([p for _, p in wrapper.trainable_parameters()], lr=1e-5, weight_decay=1e-3)
+        self.autocast, self.scaler = autocast_for(device, precision)
+        self.loss_fn = loss_fn or self.ours_loss
+
+    def ours_loss(self, clips, anchor_clip):
+        return F.cross_entropy(self.w(clips, self.classes).float(), self.labels) + self.reg(anchor_clip)
+
+    def _step(self, loss) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
 
     def ours(self) -> None:
         self.w.train()
         self.w.short_text = True
         with self.autocast:
-            loss = F.cross_entropy(self.w(self.clips, self.classes).float(), self.labels) + self.reg(self.anchor_clip)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+            loss = self.loss_fn(self.clips, self.anchor_clip)
+        self._step(loss)
 
     def reference(self) -> None:
         """As the released code: full-length text, anchor texts re-encoded every step, DPS logits."""
@@ -135,9 +129,45 @@ class Steps:
             # the released broadcast needs 1 label (or K); averaging keeps the cost of M labels
             logits = w.logit_scale * (v @ F.normalize(text, dim=-1).t() + (a @ u.t()).mean(-1, keepdim=True))
             loss = F.cross_entropy(logits.float(), self.labels)
+        self._step(loss)
+
+
+class FullFineTune:
+    """ViFi-CLIP's recipe: both towers of an unprompted copy trained end to end, full-length text."""
+
+    def __init__(self, steps: Steps) -> None:
+        import copy
+
+        self.s = steps
+        twin = copy.deepcopy(steps.w)
+        self.host = twin.unwrap().requires_grad_(True)
+        self.ids = twin.tokenizer(steps.w.prompt_texts(steps.classes)).to(steps.clips.device)
+        self.opt = torch.optim.AdamW(self.host.parameters(), lr=1e-6, weight_decay=1e-3)
+        self.scaler = torch.amp.GradScaler(enabled=steps.scaler.is_enabled())
+
+    def step(self) -> None:
+        s, host = self.s, self.host
+        host.train()
+        with s.autocast:
+            b, t = s.clips.shape[:2]
+            video = host.encode_image(s.clips.flatten(0, 1)).reshape(b, t, -1).mean(1)
+            text = host.encode_text(self.ids)
+            logits = host.logit_scale.exp() * F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t()
+            loss = F.cross_entropy(logits.float(), s.labels)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+
+def autocast_for(device: torch.device, precision: str):
+    """(autocast context, GradScaler) for ``precision``; ``auto``: bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext(), torch.amp.GradScaler(enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype), torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def memory_child(args) -> None:
@@ -146,7 +176,7 @@ def memory_child(args) -> None:
     wrapper, size = build(args.tiny, device)
     wrapper.model.set_grad_checkpointing(args.memory_child == "on")
     names = kinetics_like_names(args.memory_classes, wrapper.tokenizer)
-    steps = Steps(wrapper, size, names, names[:8], device, args.frames)
+    steps = Steps(wrapper, size, names, names[:8], device, args.frames, args.precision)
     steps.reg.frozen_text_features()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -190,7 +220,8 @@ def _peak_rss_bytes() -> int:
 
 def measure_memory(args, mode: str) -> int:
     cmd = [sys.executable, __file__, "--memory-child", mode, "--device", args.device,
-           "--frames", str(args.frames), "--memory-classes", str(args.memory_classes)] + (["--tiny"] if args.tiny else [])
+           "--frames", str(args.frames), "--memory-classes", str(args.memory_classes),
+           "--precision", args.precision] + (["--tiny"] if args.tiny else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
@@ -201,9 +232,15 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny model: a smoke run in seconds")
     parser.add_argument("--classes", default="50,100,200,400", help="class counts of the step comparison")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement (median)")
+    parser.add_argument("--reps", type=int, default=5, help="timed pairs per measurement (median and IQR)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="autocast dtype of the steps (fp16 with a GradScaler); auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--batch", type=int, default=8, help="clips per step in the throughput part")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step beside eager")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
     parser.add_argument("--memory-classes", type=int, default=400)
-    parser.add_argument("--parts", default="vision,text,step,memory", help="which measurements to run")
+    parser.add_argument("--parts", default="vision,text,step,memory",
+                        help="which measurements to run, from vision,text,step,throughput,memory")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--plot", help="write a plot of step time against the number of classes here")
     parser.add_argument("--memory-child", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -221,8 +258,10 @@ def main() -> None:
                      "threads": torch.get_num_threads(), "torch": torch.__version__}
 
     parts = set(args.parts.split(","))
-    if parts - {"vision", "text", "step", "memory"}:
-        parser.error(f"--parts: unknown {sorted(parts - {'vision', 'text', 'step', 'memory'})}")
+    known = {"vision", "text", "step", "throughput", "memory"}
+    if parts - known:
+        parser.error(f"--parts: unknown {sorted(parts - known)}; choose from {sorted(known)}")
+    results["precision"], results["load_start"] = args.precision, load_average()
 
     if "vision" in parts:
         measure_vision(wrapper, host, size, device, args, results)
@@ -230,6 +269,8 @@ def main() -> None:
         measure_text(wrapper, host, names, device, args, results)
     if "step" in parts:
         measure_steps(wrapper, size, names, device, args, results)
+    if "throughput" in parts:
+        measure_throughput(wrapper, size, names, device, args, results)
     if "memory" in parts:
         off, on = measure_memory(args, "off"), measure_memory(args, "on")
         results["memory_bytes"] = {"checkpointing_off": off, "checkpointing_on": on, "classes": args.memory_classes}
@@ -237,6 +278,9 @@ def main() -> None:
         print(f"memory  step peak without checkpointing {off / 2**20:.0f} MiB, with {on / 2**20:.0f} MiB  "
               f"saving {results['checkpointing_memory_saving']:.1%}")
 
+    results["load_end"] = load_average()
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
@@ -251,10 +295,11 @@ def measure_vision(wrapper, host, size, device, args, results) -> None:
         def plain_vision():
             with wrapper.prompts_disabled():
                 host.encode_image(frames.flatten(0, 1))
-        t_ours, t_plain = compare(lambda: wrapper.encode_video(frames), plain_vision, device, args.reps)
-    results["vision_seconds"] = {"prompted": t_ours, "plain": t_plain}
-    results["vision_ratio"] = t_ours / t_plain
-    print(f"vision  prompted {t_ours:.3f}s  plain {t_plain:.3f}s  ratio {results['vision_ratio']:.3f}")
+        c = compare(lambda: wrapper.encode_video(frames), plain_vision, reps=args.reps, device=device, label="vision")
+    results["vision"] = c.as_dict()
+    results["vision_seconds"] = {"prompted": c.a.median, "plain": c.b.median}
+    results["vision_ratio"] = c.ratio.median
+    print(f"vision  prompted {c.a}s  plain {c.b}s  ratio {c.ratio}  {_load(c)}")
 
 
 def measure_text(wrapper, host, names, device, args, results) -> None:
@@ -265,25 +310,53 @@ def measure_text(wrapper, host, names, device, args, results) -> None:
         def plain_text():
             with wrapper.prompts_disabled():
                 host.encode_text(full_ids)
-        t_ours, t_plain = compare(lambda: wrapper.encode_text(names), plain_text, device, args.reps)
+        c = compare(lambda: wrapper.encode_text(names), plain_text, reps=args.reps, device=device, label="text")
     length = int(full_ids.argmax(-1).max()) + 1
-    results["text_seconds"] = {"prompted_short": t_ours, "plain_full": t_plain, "short_length": length,
+    results["text"] = c.as_dict()
+    results["text_seconds"] = {"prompted_short": c.a.median, "plain_full": c.b.median, "short_length": length,
                                "full_length": full_ids.shape[1]}
-    results["text_ratio"] = t_ours / t_plain
-    print(f"text    prompted ({length} tokens) {t_ours:.3f}s  plain ({full_ids.shape[1]} tokens) {t_plain:.3f}s  "
-          f"ratio {results['text_ratio']:.3f}")
+    results["text_ratio"] = c.ratio.median
+    print(f"text    prompted ({length} tokens) {c.a}s  plain ({full_ids.shape[1]} tokens) {c.b}s  "
+          f"ratio {c.ratio}  {_load(c)}")
 
 
 def measure_steps(wrapper, size, names, device, args, results) -> None:
     """Our training step against the reference-style one, per number of classes."""
     anchors = kinetics_like_names(450, wrapper.tokenizer, seed=1)[400:450]  # 50 anchor labels
-    results["step_seconds"], results["step_ratio"] = {}, {}
+    results["step"], results["step_seconds"], results["step_ratio"] = {}, {}, {}
     for k in (int(x) for x in args.classes.split(",")):
-        steps = Steps(wrapper, size, names[:k], anchors, device, args.frames)
-        t_ours, t_ref = compare(steps.ours, steps.reference, device, args.reps)
-        results["step_seconds"][str(k)] = {"ours": t_ours, "reference_style": t_ref}
-        results["step_ratio"][str(k)] = t_ours / t_ref
-        print(f"step    {k:4d} classes  ours {t_ours:.2f}s  reference-style {t_ref:.2f}s  ratio {t_ours / t_ref:.3f}")
+        steps = Steps(wrapper, size, names[:k], anchors, device, args.frames, args.precision)
+        c = compare(steps.ours, steps.reference, reps=args.reps, device=device, label=f"step at {k} classes")
+        results["step"][str(k)] = c.as_dict()
+        results["step_seconds"][str(k)] = {"ours": c.a.median, "reference_style": c.b.median}
+        results["step_ratio"][str(k)] = c.ratio.median
+        print(f"step    {k:4d} classes  ours {c.a}s  reference-style {c.b}s  ratio {c.ratio}  {_load(c)}")
+        if args.compile:
+            compiled = torch.compile(steps.ours_loss, backend=args.compile_backend)
+            steps_c = Steps(wrapper, size, names[:k], anchors, device, args.frames, args.precision, loss_fn=compiled)
+            c = compare(steps_c.ours, steps.ours, reps=args.reps, device=device, label=f"compiled step at {k} classes")
+            results.setdefault("compiled_step", {})[str(k)] = c.as_dict()
+            print(f"step    {k:4d} classes  compiled {c.a}s  eager {c.b}s  ratio {c.ratio}  {_load(c)}")
+
+
+def measure_throughput(wrapper, size, names, device, args, results) -> None:
+    """Clips/s of a full prompt-tuning step (batch + one anchor clip, 100 classes) against the
+    reference-style step and plain full fine-tuning (ViFi-CLIP) of the same model."""
+    anchors = kinetics_like_names(450, wrapper.tokenizer, seed=1)[400:450]
+    steps = Steps(wrapper, size, names[:100], anchors, device, args.frames, args.precision, batch=args.batch)
+    full = FullFineTune(steps)
+    vs_ref = compare(steps.ours, steps.reference, reps=args.reps, device=device, label="throughput vs reference")
+    vs_full = compare(steps.ours, full.step, reps=args.reps, device=device, label="throughput vs full fine-tuning")
+    clips = {"ours": args.batch / vs_ref.a.median, "reference_style": args.batch / vs_ref.b.median,
+             "full_finetune": args.batch / vs_full.b.median}
+    results["throughput"] = {"batch": args.batch, "clips_per_second": clips, "vs_reference": vs_ref.as_dict(),
+                             "vs_full_finetune": vs_full.as_dict()}
+    print(f"throughput  batch {args.batch}: ours {clips['ours']:.2f} clips/s, reference-style "
+          f"{clips['reference_style']:.2f}, full fine-tuning {clips['full_finetune']:.2f}  {_load(vs_full)}")
+
+
+def _load(c: Comparison) -> str:
+    return f"[load {c.load_before} -> {c.load_after}{'' if c.readable else ', NOT READABLE'}]"
 
 
 def plot(results: dict, path: str) -> None:

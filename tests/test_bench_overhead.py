@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_overhead_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--reps", "1",
-           "--classes", "4,8", "--memory-classes", "8", "--json", str(out), "--plot", str(tmp_path / "b.png")]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--reps", "2",
+           "--classes", "4,8", "--memory-classes", "8", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+           "--parts", "vision,text,step,throughput,memory", "--batch", "2", "--compile", "--compile-backend",
+           "aot_eager", "--precision", "bf16"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -19,3 +21,25 @@ def test_bench_overhead_smoke(tmp_path):
     assert set(data["step_ratio"]) == {"4", "8"}
     assert data["text_seconds"]["short_length"] < data["text_seconds"]["full_length"] == 77
     assert (tmp_path / "b.png").stat().st_size > 0
+    for key in ("vision", "text"):  # every figure carries its spread and the load
+        assert {"a", "b", "ratio", "load_before", "load_after", "readable"} <= set(data[key])
+        assert data[key]["ratio"]["n"] == 2 and data[key]["ratio"]["min"] <= data[key]["ratio"]["median"]
+    assert set(data["compiled_step"]) == {"4", "8"}
+    assert set(data["throughput"]["clips_per_second"]) == {"ours", "reference_style", "full_finetune"}
+    assert data["precision"] == "bf16"
+
+
+def test_timing_ratio_is_per_pair_and_flags_wide_spreads(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import timing
+
+    # Pairs run A B, B A, A B, B A; a always takes twice as long as the b beside it while the load
+    # doubles every pair (b = 1, 2, 4, 8 s): per-pair ratios stay exactly 2 though each side is spread wide.
+    clock = iter([0, 2, 2, 3, 3, 5, 5, 9, 9, 17, 17, 21, 21, 29, 29, 45])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    c = timing.compare(lambda: None, lambda: None, reps=4, warmup=0)
+    assert c.a.n == c.b.n == 4 and c.ratio.median == 2.0 and c.ratio.min == c.ratio.max == 2.0
+    assert c.readable and c.a.relative_iqr > 0.5
+    noisy = iter([0, 1, 1, 2, 2, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 21])  # ratios 1, 1/3, 1, 12
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(noisy))
+    assert not timing.compare(lambda: None, lambda: None, reps=4, warmup=0).readable

@@ -31,11 +31,15 @@ class ClipVideoModelAdapter(HostAdapter):
         super().__init__(model)
         self.inner = resolve_host(model.clip)
         self.text, self.vision, self.vision_refusal = self.inner.text, self.inner.vision, self.inner.vision_refusal
+        self.needs_block_adjustment = self.inner.needs_block_adjustment  # rotary inner CLIPs (EVA02)
         self.kind = f"{self.inner.kind}+video"
 
     @property
     def video_specific(self) -> bool:  # type: ignore[override]
         return hasattr(self.model, "specialize_text")
+
+    def adjust_block(self, args: tuple, kwargs: dict, n_prompts: int) -> tuple[tuple, dict]:
+        return self.inner.adjust_block(args, kwargs, n_prompts)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         return first_tensor(self.model.encode_text(ids)) if hasattr(self.model, "encode_text") else self.inner.encode_text(ids)
