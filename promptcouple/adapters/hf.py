@@ -9,8 +9,10 @@ This module imports without ``transformers``: a model is recognised by the modul
 were defined in, so that ``transformers`` (seconds to import) is never imported for other hosts.
 
 Gradient checkpointing (``model.gradient_checkpointing_enable()``) acts only in training mode in
-``transformers``; the prompt hooks sit outside the checkpointed layer calls, or are idempotent
-where a release runs them inside.
+``transformers``. From 5 on it checkpoints inside the layer call, after the prompt hooks; 4.x
+checkpoints the call, hooks included, which is exact too (the hooks are idempotent), but 4.x's
+default reentrant checkpoint serves ``.backward()`` only, not ``torch.autograd.grad``: pass
+``gradient_checkpointing_kwargs={"use_reentrant": False}`` for that.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class _CausalCLIPText(_HFDualTower):
 
         The tower is causal and takes shorter ids natively (mask and position ids follow the
         length), so nothing after the pooled token can change it. It pools the highest id when its
-        ``eos_token_id`` is the legacy 2, the first ``eos_token_id`` otherwise, as the host does.
+        ``eos_token_id`` is the legacy 2 (or absent: X-CLIP before transformers 5), the first
+        ``eos_token_id`` otherwise, as the host does.
         """
         eos = getattr(self.model.text_model, "eos_token_id", 2)
         pos = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
@@ -166,7 +169,9 @@ class HFSiglip2Adapter(HFSiglipAdapter):
 
     Frames are whole images ``(C, H, W)`` with ``H`` and ``W`` multiples of the patch size; the
     position embeddings are resized to that grid by the model. No padding mask is passed (every
-    patch is real), so the prompt tokens need no mask entries either.
+    patch is real), so the prompt tokens need no mask entries either; for the same reason the
+    wrapped model cannot be called directly with a ``pixel_attention_mask`` (it would not cover
+    the prompt tokens): go through the wrapper, or ``unwrap()`` first.
     """
 
     kind = "hf_siglip2"
