@@ -1,4 +1,4 @@
-"""Base-to-novel generalisation (METHOD.md section 3): train on the base classes, test on base and novel.
+"""Base-to-novel generalisation (docs/METHOD.md section 3): train on the base classes, test on base and novel.
 
 Methods (``--methods``; every trained one runs through :class:`promptcouple.train.Trainer`):
 

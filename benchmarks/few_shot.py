@@ -1,4 +1,4 @@
-"""Few-shot recognition (METHOD.md section 3): K = 2, 4, 8, 16 training clips of every class.
+"""Few-shot recognition (docs/METHOD.md section 3): K = 2, 4, 8, 16 training clips of every class.
 
 Each method (``--methods``, see ``base2novel.py``) is trained with :class:`promptcouple.train.Trainer`
 on K shots of all classes of a dataset (the ``few_shot`` protocol) and evaluated on that dataset's

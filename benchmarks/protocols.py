@@ -185,7 +185,7 @@ WORLD_PRESETS = {
                  test_per_class=12, anchor_per_class=8, ctx_init="a video of a", n_vision_ctx=4, depth=4,
                  hard_epochs=5, world_context=1.0),
 }
-# Real backbones: the paper's protocol (METHOD.md section 1), prompts at the effective 4e-3.
+# Real backbones: the paper's protocol (docs/METHOD.md section 1), prompts at the effective 4e-3.
 REAL_PRESET = dict(epochs=12, warmup_epochs=2.0, batch_size=8, lr=4e-3, num_frames=32, image_size=224,
                    n_ctx=16, n_vision_ctx=16, depth=9, hard_epochs=12, precision="bf16",
                    template="a video of a person {}.")

@@ -1,4 +1,4 @@
-"""Cross-dataset zero-shot transfer (METHOD.md section 3): train on the large dataset, test on others.
+"""Cross-dataset zero-shot transfer (docs/METHOD.md section 3): train on the large dataset, test on others.
 
 Each method (``--methods``, see ``base2novel.py``) is trained with :class:`promptcouple.train.Trainer`
 on K shots of every class of the source dataset (``--source``, the world's ``wk400`` by default,

@@ -3,7 +3,7 @@
 The ViFi-CLIP pipeline is a frozen image CLIP applied to every frame, the frame features averaged
 over time, and prompted class names on the text side. ``CouplingPromptWrapper`` adds the prompts to
 an unmodified open_clip model with hooks; this script shows each piece of that pipeline and a
-plain training loop (AdamW, warm-up then cosine, as in METHOD.md) around it.
+plain training loop (AdamW, warm-up then cosine, as in docs/METHOD.md) around it.
 
 Offline by default: a tiny random open_clip CLIP and generated clips (a square of the class colour
 moving over noise), under a minute on two CPU cores::

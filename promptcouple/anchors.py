@@ -2,7 +2,7 @@
 
 Prompt tuning on a few base classes narrows CLIP's space to those classes. Clips of *irrelevant*
 classes and their labels as negative prompts ("a video of a person {label}.", encoded by the
-frozen text tower) anchor the generic attributes of the pre-trained space. METHOD.md section 2
+frozen text tower) anchor the generic attributes of the pre-trained space. docs/METHOD.md section 2
 shows that the released computation has no effect with its single anchor label, so this module
 offers two terms that act, and the released one for comparison:
 
@@ -38,7 +38,7 @@ def check_anchor_overlap(anchor_labels: Sequence[str], classes: Mapping[str, Seq
 
     An anchor label that is also a class leaks that class into the anchor term: the term then
     pulls its clips towards the frozen model (or, in ``"negative"`` mode, away from the class),
-    and base or novel accuracy no longer measures what the protocol says (METHOD.md section 3).
+    and base or novel accuracy no longer measures what the protocol says (docs/METHOD.md section 3).
     That silently invalidates a result, so it is an error, not a warning; ``allow=True`` is the
     explicit way to run such an experiment anyway.
 

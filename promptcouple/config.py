@@ -15,7 +15,7 @@ DEFAULT_N_CTX = 16
 class CouplingConfig:
     """How many prompt tokens go where, and how the soft text context is coupled to the hard one.
 
-    The defaults reproduce GA2-CLIP at ViT-B/16 (METHOD.md section 1). Baselines are configurations
+    The defaults reproduce GA2-CLIP at ViT-B/16 (docs/METHOD.md section 1). Baselines are configurations
     of the same wrapper: IVLP (ViFi-CLIP's VL prompting) is the default without a hard prompt;
     CoOp is ``text_depth=1, n_vision_ctx=0`` without a hard prompt.
 

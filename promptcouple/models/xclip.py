@@ -589,7 +589,7 @@ def _check_clip(clip: nn.Module) -> nn.Module:
 
 
 def _vision_batch_first(transformer: nn.Module) -> bool:
-    """The block layout by INTEGRATION.md's rule: ``batch_first`` attribute, else open_clip < 2.26 is LND."""
+    """The block layout by docs/INTEGRATION.md's rule: ``batch_first`` attribute, else open_clip < 2.26 is LND."""
     bf = getattr(transformer, "batch_first", None)
     if bf is not None:
         return bool(bf)

@@ -169,7 +169,7 @@ class DataConfig:
 
 @dataclass
 class AnchorConfig:
-    """Generic attribute anchors (METHOD.md section 2); off unless ``list`` or ``world`` is set.
+    """Generic attribute anchors (docs/METHOD.md section 2); off unless ``list`` or ``world`` is set.
 
     Attributes:
         list: List file of anchor clips (classes disjoint from every evaluated class).
