@@ -17,6 +17,13 @@ so the written lists use the same ids as the released ones.
 The split files relabel classes ``0..len(subset)-1`` in the subset's order and come with their own
 label CSV, as ViFi-CLIP's ``*_base_labels.csv`` / ``*_novel_labels.csv`` do.
 
+Class subsets (``select_classes``, ``promptcouple split classes``): the classes of one dataset that
+are not in others (names compared after lower-casing and turning ``_`` into spaces), optionally
+``num`` of them drawn with a seed, or exactly the classes of a given label file in its order. The
+protocols need three: the zero-shot K600 splits (160 of the K600 classes not in K400, per split; or
+ViFi-CLIP's ``ZS_split{1,2,3}_K600.csv`` by name), the hard-prompt source of K400 (100 K600 classes
+not in K400) and anchor sets (classes of another dataset disjoint from the target's).
+
 K-shot (``k_shot_split``): for each class, ``k`` distinct entries drawn without replacement from
 that class's entries in list order, with a generator seeded by ``(seed, class id)``: the same
 list and seed always give the same file, and a class's draw does not depend on the other classes.
@@ -47,6 +54,7 @@ __all__ = [
     "subset_records",
     "k_shot_split",
     "k_shot_splits",
+    "select_classes",
     "cli_main",
 ]
 
@@ -230,6 +238,62 @@ def k_shot_splits(
     return out
 
 
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def select_classes(
+    classnames: Sequence[str],
+    *,
+    exclude: Sequence[str] = (),
+    keep: Sequence[str] | None = None,
+    num: int | None = None,
+    seed: int = 1,
+) -> tuple[int, ...]:
+    """Class ids of a subset of ``classnames`` (names compared lower-case, ``_`` as a space).
+
+    Args:
+        classnames: All class names (ids ``0..K-1``).
+        exclude: Names to leave out (e.g. every class of Kinetics-400); names not among
+            ``classnames`` are ignored.
+        keep: Exactly these classes, in this order (a released split's label file); not with
+            ``exclude`` or ``num``.
+        num: Draw this many of the remaining classes (``random.Random`` seeded by ``seed``,
+            stable across Python versions); ``None`` keeps them all.
+        seed: Seed of the draw.
+
+    Returns:
+        The ids, in ``keep`` order, else in increasing id order.
+
+    Raises:
+        ValueError: ``keep`` names unknown or repeated classes, ``num`` exceeds what remains, or
+            nothing remains.
+    """
+    index: dict[str, int] = {}
+    for i, name in enumerate(classnames):
+        index.setdefault(_norm(name), i)
+    if keep is not None:
+        if exclude or num is not None:
+            raise ValueError("keep takes the classes as given; it does not combine with exclude or num")
+        unknown = [n for n in keep if _norm(n) not in index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} classes to keep are not in the label file: {unknown[:10]}")
+        ids = [index[_norm(n)] for n in keep]
+        dup = sorted({classnames[i] for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"classes to keep listed twice: {dup[:10]}")
+        return tuple(ids)
+    dropped = {_norm(n) for n in exclude}
+    remaining = [i for i, name in enumerate(classnames) if _norm(name) not in dropped]
+    if not remaining:
+        raise ValueError(f"all {len(classnames)} classes are excluded")
+    if num is not None:
+        if not 0 < num <= len(remaining):
+            raise ValueError(f"num must be in [1, {len(remaining)}] (classes left after exclusion), got {num}")
+        remaining = sorted(random.Random(f"promptcouple-classes:{seed}").sample(remaining, num))
+    return tuple(remaining)
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 
@@ -283,6 +347,33 @@ def _cmd_few_shot(args: argparse.Namespace) -> None:
     print(f"{len(names)} classes; wrote {', '.join(written)} to {out}")
 
 
+def _cmd_classes(args: argparse.Namespace) -> None:
+    if not (args.train or args.val):
+        raise ValueError("give --train and/or --val: the lists to take the classes' videos from")
+    if args.shots > 0 and not args.train:
+        raise ValueError("--shots draws from the training list: give --train")
+    names = read_label_csv(args.labels)
+    exclude = [n for f in args.exclude for n in read_label_csv(f)]
+    keep = read_label_csv(args.classes) if args.classes else None
+    ids = select_classes(names, exclude=exclude, keep=keep, num=args.num, seed=args.seed)
+    out = Path(args.out)
+    write_label_csv(out / "labels.csv", [names[c] for c in ids])
+    written = ["labels.csv"]
+    for flag, name in ((args.train, "train.txt"), (args.val, "val.txt")):
+        if flag:
+            write_video_list(out / name, subset_records(_read_checked(flag, names), ids))
+            written.append(name)
+    if args.shots > 0:
+        train = subset_records(_read_checked(args.train, names), ids)
+        recs = k_shot_split(train, args.shots, args.seed, num_classes=len(ids), allow_fewer=args.allow_fewer)
+        write_video_list(out / f"train_{args.shots}shot.txt", recs)
+        written.append(f"train_{args.shots}shot.txt")
+    dropped = {_norm(n) for n in exclude}
+    excluded = sum(_norm(n) in dropped for n in names)
+    note = f" ({excluded} excluded by name)" if exclude else ""
+    print(f"{len(ids)} of {len(names)} classes{note}; wrote {', '.join(written)} to {out}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="promptcouple split", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -314,12 +405,34 @@ def _parser() -> argparse.ArgumentParser:
     common(f)
     f.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16], help="K values (default 2 4 8 16)")
     f.set_defaults(func=_cmd_few_shot)
+
+    c = sub.add_parser(
+        "classes",
+        help="a class subset (not in other datasets, N drawn by seed, or a released label file): "
+             "labels.csv, train.txt, val.txt, train_{K}shot.txt",
+    )
+    c.add_argument("--labels", required=True, help="full label CSV 'id,name' of the lists")
+    c.add_argument("--train", help="full training list (writes train.txt, and train_{K}shot.txt with --shots)")
+    c.add_argument("--val", help="full evaluation list (writes val.txt)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--exclude", nargs="+", default=[], metavar="LABELS_CSV",
+                   help="leave out the classes named in these label files (e.g. Kinetics-400's)")
+    c.add_argument("--classes", metavar="LABELS_CSV",
+                   help="keep exactly these classes, in this order (e.g. ViFi-CLIP's ZS_split1_K600.csv)")
+    c.add_argument("--num", type=int, default=None, help="draw this many of the remaining classes (seeded)")
+    c.add_argument("--seed", type=int, default=1, help="seed of --num and --shots (default 1)")
+    c.add_argument("--shots", type=int, default=0, help="also write a K-shot training list (default 0: none)")
+    c.add_argument("--allow-fewer", action="store_true", help="take all videos of classes with fewer than K")
+    c.set_defaults(func=_cmd_classes)
     return p
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``promptcouple split``; returns the exit status (2 on bad input)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.cmd == "classes" and args.classes and (args.exclude or args.num is not None):
+        print("promptcouple split: error: --classes takes the classes as given; drop --exclude/--num", file=sys.stderr)
+        return 2
     if args.cmd == "base-novel" and args.novel_labels and not args.base_labels:
         print("promptcouple split: error: --novel-labels needs --base-labels", file=sys.stderr)
         return 2
