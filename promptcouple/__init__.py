@@ -10,13 +10,14 @@ tuned on (GA2-CLIP, arXiv 2511.22125)::
 __version__ = "0.1.0"
 
 from promptcouple.adapters import UnsupportedHostError
-from promptcouple.anchors import AnchorRegularizer
+from promptcouple.anchors import AnchorOverlapError, AnchorRegularizer
 from promptcouple.config import CouplingConfig
-from promptcouple.io import PromptFile, load_prompts, save_prompts
+from promptcouple.io import PromptFile, load_prompts, read_prompt_file, save_prompts
 from promptcouple.text_consistency import TextConsistencyRegularizer
 from promptcouple.wrapper import CouplingPromptWrapper
 
 __all__ = [
+    "AnchorOverlapError",
     "AnchorRegularizer",
     "CouplingConfig",
     "CouplingPromptWrapper",
@@ -24,7 +25,8 @@ __all__ = [
     "TextConsistencyRegularizer",
     "UnsupportedHostError",
     "convert_checkpoint",
-    "load_prompts",
+    "load_prompts",  # deprecated: read_prompt_file
+    "read_prompt_file",
     "save_prompts",
 ]
 

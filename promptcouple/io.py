@@ -18,15 +18,16 @@ String metadata: ``format``, ``format_version``, ``promptcouple_version``, ``con
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from promptcouple.config import CouplingConfig
 from promptcouple.fileio import PathLike, atomic_write_bytes
+from promptcouple.prompts import coupled_context
 
 FORMAT = "promptcouple.prompts"
 FORMAT_VERSION = "1"
@@ -56,8 +57,8 @@ class PromptFile:
         if "text.hard" not in self.tensors:
             raise ValueError("this prompt file is coupled to a hard prompt it does not contain, so its "
                              "effective context is unknown; convert it with the hard prompt")
-        pair = torch.cat([self.tensors["text.hard"].float(), ctx], dim=-1)
-        return F.relu(F.linear(pair, self.tensors["coupling.weight"].float(), self.tensors["coupling.bias"].float()))
+        t = self.tensors
+        return coupled_context(t["text.hard"].float(), ctx, t["coupling.weight"].float(), t["coupling.bias"].float())
 
 
 def prompt_tensors(prompts) -> dict[str, torch.Tensor]:
@@ -116,8 +117,12 @@ def save_prompts(wrapper, path: PathLike) -> None:
     write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host)
 
 
-def load_prompts(path: PathLike) -> PromptFile:
-    """Read a prompt file, checking that it is one."""
+def read_prompt_file(path: PathLike) -> PromptFile:
+    """Read a prompt file (tensors, config, metadata; no model needed), checking that it is one.
+
+    To load one into a wrapper: ``wrapper.load_prompts(path)`` or
+    ``CouplingPromptWrapper.from_pretrained(model, path)``.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -141,9 +146,17 @@ def load_prompts(path: PathLike) -> PromptFile:
     return PromptFile(tensors, CouplingConfig.from_json(metadata["config"]), metadata)
 
 
+def load_prompts(path: PathLike) -> PromptFile:
+    """Deprecated name of :func:`read_prompt_file` (it reads a file; it loads nothing into a model)."""
+    warnings.warn("promptcouple.load_prompts is deprecated and goes away in the next release: it reads a prompt "
+                  "file, so it is now pc.read_prompt_file (wrapper.load_prompts loads one into a wrapper)",
+                  DeprecationWarning, stacklevel=2)
+    return read_prompt_file(path)
+
+
 def load_prompts_into(wrapper, source: Union[PathLike, PromptFile]) -> None:
     """Copy a prompt file's tensors into ``wrapper.prompts``; nothing changes unless all keys fit."""
-    pf = source if isinstance(source, PromptFile) else load_prompts(source)
+    pf = source if isinstance(source, PromptFile) else read_prompt_file(source)
     name = "prompt file" if isinstance(source, PromptFile) else str(source)
     expected = wrapper_tensors(wrapper)
     missing = sorted(set(expected) - set(pf.tensors))
@@ -178,7 +191,7 @@ def cli_main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="promptcouple inspect", description=cli_main.__doc__)
     parser.add_argument("file")
     args = parser.parse_args(argv)
-    pf = load_prompts(args.file)
+    pf = read_prompt_file(args.file)
     print(f"{args.file}: {pf.config}")
     for key in sorted(pf.tensors):
         print(f"  {key:<18} {tuple(pf.tensors[key].shape)}")

@@ -15,6 +15,16 @@ from torch import nn
 from promptcouple.config import CouplingConfig
 
 
+def coupled_context(hard: torch.Tensor, soft: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The coupled text context ``ReLU(Linear([hard; soft]))`` (before dropout), row by row.
+
+    The one definition of the coupling: the training forward, the context evaluation sees and a
+    prompt file's context all compute it here.
+    """
+    pair = torch.cat([hard.expand_as(soft), soft], dim=-1)
+    return F.relu(F.linear(pair, weight, bias))
+
+
 class PromptLearner(nn.Module):
     """All prompt tensors of one wrapped model.
 
@@ -66,8 +76,7 @@ class PromptLearner(nn.Module):
         soft = self.ctx.unsqueeze(0).expand(rows, -1, -1)
         if not self.coupled:
             return soft
-        pair = torch.cat([self.hard.unsqueeze(0).expand(rows, -1, -1), soft], dim=-1)
-        return self.coupling_dropout(F.relu(self.coupling(pair)))
+        return self.coupling_dropout(coupled_context(self.hard, soft, self.coupling.weight, self.coupling.bias))
 
     @torch.no_grad()
     def effective_context(self) -> torch.Tensor:
@@ -77,5 +86,4 @@ class PromptLearner(nn.Module):
         """
         if not self.coupled:
             return self.ctx.detach().clone()
-        pair = torch.cat([self.hard, self.ctx], dim=-1)
-        return F.relu(self.coupling(pair)).detach().clone()
+        return coupled_context(self.hard, self.ctx, self.coupling.weight, self.coupling.bias).detach().clone()
