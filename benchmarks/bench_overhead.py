@@ -95,7 +95,7 @@ class Steps:
         self.anchor_clip = torch.randn(1, frames, 3, size, size, device=device)
         self.labels = torch.arange(batch, device=device) % len(classes)
         self.reg = pc.AnchorRegularizer(wrapper, anchors)
-        self.opt = torch.optim.AdamW([p for _, p in wrapper.trainable_parameters()], lr=1e-5, weight_decay=1e-3)
+        self.opt = torch.optim.AdamW(wrapper.trainable_parameters(), lr=1e-5, weight_decay=1e-3)
         self.autocast, self.scaler = autocast_for(device, precision)
         self.loss_fn = loss_fn or self.ours_loss
 
@@ -127,7 +127,7 @@ class Steps:
             text = w.encode_text(self.classes)
             v, a = F.normalize(video[:-1], dim=-1), F.normalize(video[-1:], dim=-1)
             # the released broadcast needs 1 label (or K); averaging keeps the cost of M labels
-            logits = w.logit_scale * (v @ F.normalize(text, dim=-1).t() + (a @ u.t()).mean(-1, keepdim=True))
+            logits = w.logit_scale_exp * (v @ F.normalize(text, dim=-1).t() + (a @ u.t()).mean(-1, keepdim=True))
             loss = F.cross_entropy(logits.float(), self.labels)
         self._step(loss)
 

@@ -55,7 +55,7 @@ def main(argv=None):
     depth_t, depth_v = len(model.transformer.resblocks), len(model.visual.transformer.resblocks)
     cfg = CouplingConfig(n_ctx=a.n_ctx, n_vision_ctx=a.nv, text_depth=depth_t, vision_depth=depth_v if a.nv else 0)
     w = CouplingPromptWrapper(model, cfg, tokenizer=tok)
-    opt = torch.optim.AdamW([p for _, p in w.trainable_parameters()], lr=a.lr, weight_decay=1e-3)
+    opt = torch.optim.AdamW(w.trainable_parameters(), lr=a.lr, weight_decay=1e-3)
     x, y = tr.videos(), tr.labels
     steps = a.epochs * math.ceil(len(x) / a.bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

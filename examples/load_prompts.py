@@ -1,6 +1,6 @@
 """Save prompts to a self-describing file, inspect it, and load it into a fresh model.
 
-    python examples/load_prompts.py [--out prompts.safetensors]
+    python examples/load_prompts.py [--out prompts.safetensors]   # default: a new temporary folder
 """
 
 import argparse
@@ -21,15 +21,16 @@ def tiny_clip(seed: int = 0) -> open_clip.CLIP:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=str(Path(tempfile.mkdtemp()) / "prompts.safetensors"))
+    parser.add_argument("--out", default=None, help="prompt file to write (default: in a new temporary folder)")
     args = parser.parse_args()
+    args.out = args.out or str(Path(tempfile.mkdtemp(prefix="load_prompts_")) / "prompts.safetensors")
 
     config = pc.CouplingConfig(n_ctx=8, n_vision_ctx=4, text_depth=3, vision_depth=3)
     hard = torch.randn(8, 64) * 0.02
     model = pc.CouplingPromptWrapper(tiny_clip(), config, hard_prompts=hard).eval()
-    model.save_prompts(args.out)
+    model.save_pretrained(args.out)
 
-    pf = pc.load_prompts(args.out)  # metadata and tensors, no model needed
+    pf = pc.read_prompt_file(args.out)  # metadata and tensors, no model needed
     print(f"{args.out}: {pf.config}")
     print({k: tuple(v.shape) for k, v in pf.tensors.items()})
     print({k: v for k, v in pf.metadata.items() if k != "config"})

@@ -25,7 +25,9 @@ backbone (its prompt tensors are skipped: convert those with ``promptcouple conv
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import open_clip
 import torch
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import promptcouple as pc
+from promptcouple.constants import CLIP_MEAN, CLIP_STD
 from promptcouple.train import evaluate, load_backbone
 from promptcouple.train.loop import lr_lambda
 
@@ -40,8 +43,7 @@ COLOURS = {  # RGB in [0, 1]; the class names are the colour words
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.9, 0.1),
     "purple": (0.6, 0.15, 0.8), "orange": (1.0, 0.55, 0.05), "white": (0.95, 0.95, 0.95), "cyan": (0.1, 0.85, 0.9),
 }
-CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
-CLIP_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+MEAN, STD = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
 def colour_clips(per_class: int, frames: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +60,7 @@ def colour_clips(per_class: int, frames: int, size: int, seed: int) -> tuple[tor
         for t in range(frames):
             y, x = (start[i] + t * step[i]).clamp(0, size - side).tolist()
             clips[i, t, :, y:y + side, x:x + side] = rgb
-    return (clips - CLIP_MEAN) / CLIP_STD, labels
+    return (clips - MEAN) / STD, labels
 
 
 def build_clip(args) -> tuple[torch.nn.Module, int]:
@@ -108,7 +110,8 @@ def main() -> None:
                    help="default: 5e-2 for the random tiny model, 4e-3 (GA2-CLIP's prompt rate) otherwise")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice; 1 for tiny)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="vificlip_prompts.safetensors")
+    p.add_argument("--out", default=None,
+                   help="where to save the trained prompts (default: a new temporary folder, not the current one)")
     args = p.parse_args()
     tiny = args.model == "tiny"
     args.epochs = args.epochs or (30 if tiny else 2)
@@ -130,7 +133,7 @@ def main() -> None:
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))
-    params = [p for _, p in model.trainable_parameters()]  # prompts only: the CLIP is frozen
+    params = model.trainable_parameters()  # prompts only: the CLIP is frozen
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-3)
     total = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(len(loader), total // 4), total))
@@ -153,9 +156,10 @@ def main() -> None:
     after = evaluate(model, val_set, classnames, batch_size=args.batch_size)
     print(f"after training ({time.perf_counter() - start:.1f}s): top-1 {after['top1']:.1f}%  "
           f"top-5 {after['top5']:.1f}%  ({after['num_clips']} clips, chance {100 / len(classnames):.1f}%)")
-    model.save_prompts(args.out)
-    print(f"prompts saved to {args.out} ({model.num_trainable_parameters():,} trainable parameters); "
-          f"reload with pc.CouplingPromptWrapper.from_pretrained(clip, {args.out!r})")
+    out = args.out or str(Path(tempfile.mkdtemp(prefix="vificlip_")) / "prompts.safetensors")
+    model.save_pretrained(out)
+    print(f"prompts saved to {out} ({model.num_trainable_parameters():,} trainable parameters); "
+          f"reload with pc.CouplingPromptWrapper.from_pretrained(clip, {out!r})")
 
 
 if __name__ == "__main__":

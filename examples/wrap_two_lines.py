@@ -44,7 +44,7 @@ def main() -> None:
     colours = torch.randn(len(classes), 3, 1, 1, 1)
     frames = colours[labels].permute(0, 2, 1, 3, 4).expand(-1, 4, 3, size, size) + 0.3 * torch.randn(len(labels), 4, 3, size, size)
 
-    optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=2e-2, weight_decay=1e-3)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=2e-2, weight_decay=1e-3)
     start = time.perf_counter()
     for step in range(args.steps):
         loss = F.cross_entropy(model(frames, classes), labels)

@@ -110,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     config = (pc.CouplingConfig(n_ctx=4, n_vision_ctx=4, text_depth=2, vision_depth=2)
               if args.model == "tiny" else pc.CouplingConfig())
     wrapper = pc.CouplingPromptWrapper(model, config)  # freezes the model, head included
-    params = [p for _, p in wrapper.trainable_parameters()]
+    params = wrapper.trainable_parameters()
     if args.train_head:
         for _, p in model.head_parameters():
             p.requires_grad_(True)

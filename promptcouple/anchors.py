@@ -210,4 +210,4 @@ class AnchorRegularizer(nn.Module):
             raise ValueError(f"{m} anchor labels cannot broadcast over {k} classes (the released code crashes here)")
         video = F.normalize(self.wrapper.encode_video(anchor_clips), dim=-1)
         neg = video @ F.normalize(self.frozen_text_features().to(video.dtype), dim=-1).t()  # (1, M)
-        return logits + self.wrapper.logit_scale * self.alpha * neg
+        return logits + self.wrapper.logit_scale_exp * self.alpha * neg

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from functools import partial
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -28,10 +29,11 @@ from torch import nn
 from promptcouple.adapters import HostAdapter, UnsupportedHostError, resolve_host
 from promptcouple.adapters.base import cosine_logits, hidden_states, map_sequence
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
+from promptcouple.constants import class_text
+from promptcouple.fileio import PathLike
 from promptcouple.prompts import PromptLearner
 from promptcouple.tokenize import PromptTokenizer
 
-PathLike = Union[str, "os.PathLike[str]"]
 HardPrompts = Union[None, PathLike, torch.Tensor, "PromptFile"]  # noqa: F821 (io.PromptFile)
 
 
@@ -259,7 +261,7 @@ class CouplingPromptWrapper(nn.Module):
     def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
         """The text each class is tokenized from: placeholders (or ``ctx_init``) then the name."""
         prefix = self._prefix(self.config)
-        return [f"{prefix} {name.replace('_', ' ')}." for name in classnames]
+        return [f"{prefix} {class_text(name)}." for name in classnames]
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
@@ -332,7 +334,7 @@ class CouplingPromptWrapper(nn.Module):
         """Whether the host conditions text features on each video (X-CLIP style)."""
         return self.host.video_specific
 
-    def encode_video(self, frames: torch.Tensor, normalize: bool = False, return_tokens: bool = False):
+    def encode_video(self, frames: torch.Tensor, normalize: bool = False, *, return_tokens: bool = False):
         """Video features ``(B, D)`` from frames ``(B, T, C, H, W)``.
 
         A video host (X-CLIP style) runs its own video path; an image CLIP encodes every frame and
@@ -349,9 +351,18 @@ class CouplingPromptWrapper(nn.Module):
         return (video, context) if return_tokens else video
 
     @property
-    def logit_scale(self) -> torch.Tensor:
-        """The host's (frozen) temperature, exponentiated: 100 for OpenAI's CLIP."""
+    def logit_scale_exp(self) -> torch.Tensor:
+        """The factor cosine similarities are multiplied by: the host's (frozen, log-space)
+        ``logit_scale``, exponentiated; 100 for OpenAI's CLIP."""
         return self.host.logit_scale.exp()
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """Deprecated: exponentiated, unlike every host's log-space ``logit_scale``; use :attr:`logit_scale_exp`."""
+        warnings.warn("wrapper.logit_scale is deprecated and goes away in the next release: it is exponentiated, "
+                      "unlike the host's log-space logit_scale; use wrapper.logit_scale_exp (the same value)",
+                      DeprecationWarning, stacklevel=2)
+        return self.logit_scale_exp
 
     def logits(self, video: torch.Tensor, text: torch.Tensor, context: Any = None) -> torch.Tensor:
         """Scaled cosine similarities ``(B, K)`` (plus the host's logit bias, if any).
@@ -371,17 +382,31 @@ class CouplingPromptWrapper(nn.Module):
 
     # ------------------------------------------------------------------------------ parameters
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Named parameters that train: the prompts, and the host modules named in ``train_host``."""
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs of what trains: the prompts, and the ``train_host`` modules."""
         named = [(f"prompts.{n}", p) for n, p in self.prompts.named_parameters() if p.requires_grad]
         return named + [(f"model.{n}", p) for n, p in self.host_trainable_parameters()]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train, for the optimizer: ``AdamW(wrapper.trainable_parameters())``.
+
+        (promptcouple 0.1 returned ``(name, parameter)`` pairs here; those are
+        :meth:`named_trainable_parameters` now, as ``parameters`` / ``named_parameters`` in torch.)
+        """
+        return [p for _, p in self.named_trainable_parameters()]
 
     def host_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The ``train_host`` modules' parameters, named relative to the host."""
         return [(f"{m}.{n}", p) for m in self.train_host for n, p in self.model.get_submodule(m).named_parameters()]
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.trainable_parameters())
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def print_trainable_parameters(self) -> None:
+        """Print how many parameters train, of how many in all (as peft's method of this name)."""
+        trainable = self.num_trainable_parameters()
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def clear_cache(self) -> None:
         """Forget cached class features (needed only after editing the host's weights by hand)."""
@@ -395,6 +420,10 @@ class CouplingPromptWrapper(nn.Module):
 
         save_prompts(self, path)
 
+    def save_pretrained(self, path: PathLike) -> None:
+        """:meth:`save_prompts` under the name that pairs with :meth:`from_pretrained` (as in peft)."""
+        self.save_prompts(path)
+
     def load_prompts(self, source: Union[PathLike, "PromptFile"]) -> None:  # noqa: F821
         """Load prompt tensors from a prompt file, checking every key and shape first."""
         from promptcouple.io import load_prompts_into
@@ -406,9 +435,9 @@ class CouplingPromptWrapper(nn.Module):
     def from_pretrained(cls, model: nn.Module, path: PathLike, *, hard_prompts: HardPrompts = None,
                         **kwargs: Any) -> "CouplingPromptWrapper":
         """Wrap ``model`` with the config, hard prompt and tensors of a prompt file."""
-        from promptcouple.io import load_prompts
+        from promptcouple.io import read_prompt_file
 
-        pf = load_prompts(path)
+        pf = read_prompt_file(path)
         if pf.coupled and hard_prompts is None:
             hard_prompts = pf.tensors.get("text.hard")
             if hard_prompts is None:
@@ -485,11 +514,11 @@ def _resolve_hard_prompts(hard: HardPrompts, shape: tuple[int, int]) -> Optional
     """The hard prompt as a tensor of ``shape``, from a tensor, a prompt file or a PromptFile."""
     if hard is None:
         return None
-    from promptcouple.io import PromptFile, load_prompts
+    from promptcouple.io import PromptFile, read_prompt_file
 
     source = "hard_prompts"
     if isinstance(hard, (str, os.PathLike)):
-        source, hard = str(hard), load_prompts(hard)
+        source, hard = str(hard), read_prompt_file(hard)
     if isinstance(hard, PromptFile):
         hard = hard.effective_context()
     if not torch.is_tensor(hard):

@@ -26,13 +26,13 @@ def setup(tokenizer):
     wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(4, 32),
                                        tokenizer=tokenizer).eval()
     with torch.no_grad():  # move the prompts away from their init so that prompted != frozen
-        for _, p in wrapper.trainable_parameters():
+        for p in wrapper.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.5)
     return wrapper, frozen, tokenizer
 
 
 def grads(wrapper, loss):
-    names, params = zip(*wrapper.trainable_parameters())
+    names, params = zip(*wrapper.named_trainable_parameters())
     return dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)))
 
 
@@ -90,7 +90,7 @@ def test_reference_mode_reproduces_released_formula_and_is_inert(setup):
     # released: logit_scale * (v @ c.T + alpha * a @ u.T), a the single anchor clip
     a = F.normalize(wrapper.encode_video(anchor), dim=-1)
     u = F.normalize(reg.frozen_text_features(), dim=-1)
-    torch.testing.assert_close(adjusted, logits + wrapper.logit_scale * (a @ u.t()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adjusted, logits + wrapper.logit_scale_exp * (a @ u.t()), atol=1e-5, rtol=0)
     assert (adjusted - logits).abs().min() > 0  # it did add something...
     plain, released = grads(wrapper, F.cross_entropy(logits, y)), grads(wrapper, F.cross_entropy(adjusted, y))
     for name in plain:  # ...that changes no gradient at all

@@ -53,12 +53,12 @@ def perturb(wrapper: pc.CouplingPromptWrapper, seed: int = 5) -> None:
     """Move every prompt tensor away from its initialisation, so that a mix-up would show."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, p in wrapper.trainable_parameters():
+        for p in wrapper.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 def prompt_params(wrapper):
-    return [p for _, p in wrapper.trainable_parameters()]
+    return wrapper.trainable_parameters()
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
@@ -97,7 +97,7 @@ def test_wrapped_forward_equals_hand_written(case, method, ckpt):
         expected = case.manual_logits(host, x, wrapper.tokenize(CLASSES), wrapper.prompts, wrapper._ctx_start)
         expected_grads = torch.autograd.grad(expected.logsumexp(-1).sum(), params, allow_unused=True)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
-    for (name, _), g, e in zip(wrapper.trainable_parameters(), got_grads, expected_grads):
+    for (name, _), g, e in zip(wrapper.named_trainable_parameters(), got_grads, expected_grads):
         assert g.abs().sum() > 0, name
         torch.testing.assert_close(g, e, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
 
@@ -115,7 +115,7 @@ def test_unwrap_is_exact_and_only_prompts_train(case):
     for _ in range(2):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(wrapper(x, CLASSES), torch.tensor([0, 2])).backward()
-        for name, p in wrapper.trainable_parameters():
+        for name, p in wrapper.named_trainable_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         opt.step()
     trained_host = {n for n, _ in wrapper.host_trainable_parameters()}
@@ -179,7 +179,7 @@ def test_deepcopy_and_pickle_are_independent(case):
     opt = torch.optim.SGD(prompt_params(twin), lr=1.0)
     torch.nn.functional.cross_entropy(twin(x, CLASSES), torch.tensor([0, 1])).backward()
     opt.step()
-    for (name, p), (_, q) in zip(wrapper.trainable_parameters(), twin.trainable_parameters()):
+    for (name, p), (_, q) in zip(wrapper.named_trainable_parameters(), twin.named_trainable_parameters()):
         assert p.grad is None, f"the copy's step reached the original's {name}"
         assert q.grad is not None and q.grad.abs().sum() > 0, name
     twin.eval()

@@ -18,7 +18,7 @@ def trained_wrapper(tokenizer, seed=0, host=None, **cfg):
                                        pc.CouplingConfig(**{**SMALL, **cfg}), hard_prompts=torch.randn(cfg.get("n_ctx", 4), 32),
                                        tokenizer=tokenizer).eval()
     with torch.no_grad():
-        for _, p in wrapper.trainable_parameters():
+        for p in wrapper.trainable_parameters():
             p.add_(torch.randn_like(p))
     return wrapper
 
@@ -27,7 +27,7 @@ def test_save_load_round_trip_is_exact(tmp_path, tokenizer):
     wrapper = trained_wrapper(tokenizer)
     path = tmp_path / "p.safetensors"
     wrapper.save_prompts(path)
-    pf = pc.load_prompts(path)
+    pf = pc.read_prompt_file(path)
     assert pf.config == wrapper.config and pf.coupled
     assert pf.metadata["format"] == "promptcouple.prompts" and pf.metadata["text_width"] == "32"
     assert sorted(pf.tensors) == sorted(["text.ctx", "text.deep.1", "text.deep.2", "text.hard", "coupling.weight",
@@ -75,16 +75,16 @@ def test_wrong_shapes_and_keys_are_named(tmp_path, tokenizer):
 
 def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no prompt file"):
-        pc.load_prompts(tmp_path / "missing.safetensors")
+        pc.read_prompt_file(tmp_path / "missing.safetensors")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"this is not a safetensors file at all")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
-        pc.load_prompts(junk)
+        pc.read_prompt_file(junk)
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not a promptcouple prompt file"):
-        pc.load_prompts(tmp_path / "other.safetensors")
+        pc.read_prompt_file(tmp_path / "other.safetensors")
 
 
 def test_truncated_file_and_failed_write_leave_nothing_half_done(tmp_path, tokenizer, monkeypatch):
@@ -94,7 +94,7 @@ def test_truncated_file_and_failed_write_leave_nothing_half_done(tmp_path, token
     good = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="truncated"):
-        pc.load_prompts(tmp_path / "cut.safetensors")
+        pc.read_prompt_file(tmp_path / "cut.safetensors")
 
     import promptcouple.fileio
 
@@ -135,7 +135,7 @@ def test_convert_ga2_checkpoint_round_trip(tmp_path, tokenizer):
     torch.save({"model_state_dict": reference_state(wrapper, "ga2"), "epoch": 11}, src)
     dst = tmp_path / "ga2.safetensors"
     assert cli(["convert", str(src), str(dst)]) == 0
-    pf = pc.load_prompts(dst)
+    pf = pc.read_prompt_file(dst)
     assert pf.config == wrapper.config and pf.coupled and "text.hard" not in pf.tensors
     with pytest.raises(ValueError, match="pass hard_prompts="):
         pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), dst, tokenizer=tokenizer)

@@ -61,7 +61,7 @@ def test_xclip_prompted_text_trains_through_the_cache():
     wrapper = wrap(host, train_host=("mit", "prompts_generator"))
     assert host.use_cache is False and host.cache_text_features is None
     ids = wrapper.tokenize(CLASSES)
-    opt = torch.optim.SGD([p for _, p in wrapper.trainable_parameters()], lr=1.0)
+    opt = torch.optim.SGD(wrapper.trainable_parameters(), lr=1.0)
     text_prompts = [wrapper.prompts.ctx, wrapper.prompts.coupling.weight, *wrapper.prompts.text_deep]
     before = None
     for step in range(3):
@@ -109,7 +109,7 @@ def test_ga2_encode_text_is_a_tensor_and_its_default_checkpointing_trains():
     logits = wrapper(frames(), CLASSES)
     assert logits.shape == (2, len(CLASSES))
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    for name, p in wrapper.trainable_parameters():
+    for name, p in wrapper.named_trainable_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 

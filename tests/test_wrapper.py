@@ -45,7 +45,7 @@ def test_wrapped_equals_hand_written_forward(host_name, pool, ckpt, tokenizer):
     wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), hard_prompts=torch.randn(4, 32),
                                        tokenizer=tokenizer, short_text=False).eval()
     x = frames()
-    params = [p for _, p in wrapper.trainable_parameters()]
+    params = wrapper.trainable_parameters()
     assert len(params) == 1 + 2 + 1 + 2 + 2  # ctx, text deep, vision ctx, vision deep, coupling
     got = wrapper(x, CLASSES)
     got_grads = torch.autograd.grad(got.logsumexp(-1).sum(), params)
@@ -90,12 +90,12 @@ def test_unwrap_restores_host_and_training_touches_only_prompts(host_name, token
                                        tokenizer=tokenizer)
     assert list(host.state_dict()) == list(before)  # prompts live outside the host
     assert not any(p.requires_grad for p in host.parameters())
-    opt = torch.optim.AdamW([p for _, p in wrapper.trainable_parameters()], lr=1e-2)
+    opt = torch.optim.AdamW(wrapper.trainable_parameters(), lr=1e-2)
     for step in range(3):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(wrapper(x, CLASSES), torch.tensor([0, 2]))
         loss.backward()
-        for name, p in wrapper.trainable_parameters():
+        for name, p in wrapper.named_trainable_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         opt.step()
     for k, v in host.state_dict().items():
@@ -168,7 +168,7 @@ def test_bf16_autocast_keeps_prompts_fp32(tokenizer):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = wrapper(frames(), CLASSES)
     logits.float().sum().backward()
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for _, p in wrapper.trainable_parameters())
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in wrapper.trainable_parameters())
     with torch.no_grad():
         full = wrapper(frames(), CLASSES)
     assert (logits.float() - full).abs().max() < 0.5  # bf16 rounding only

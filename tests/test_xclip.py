@@ -314,7 +314,7 @@ def prompt_config(**kwargs):
 def randomise_prompts(wrapper, std: float = 0.5, seed: int = 4) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, p in wrapper.trainable_parameters():
+        for p in wrapper.trainable_parameters():
             p.add_(std * torch.randn(p.shape, generator=g))
 
 
@@ -401,7 +401,7 @@ def test_prompt_generator_never_sees_prompt_tokens(tokenizer):
 def test_training_prompts_and_optionally_the_head(train_head, tokenizer):
     model = XCLIPStyle(make_clip(), T)
     wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).train()
-    params = [p for _, p in wrapper.trainable_parameters()]
+    params = wrapper.trainable_parameters()
     if train_head:
         for _, p in model.head_parameters():
             p.requires_grad_(True)
@@ -411,7 +411,7 @@ def test_training_prompts_and_optionally_the_head(train_head, tokenizer):
     loss = F.cross_entropy(wrapper(frames(), CLASSES), torch.tensor([0, 3]))
     loss.backward()
     optimizer.step()
-    assert all(p.grad is not None and p.grad.abs().max() > 0 for _, p in wrapper.trainable_parameters())
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in wrapper.trainable_parameters())
     head = dict(model.head_parameters())
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= set(head)  # the CLIP's own weights never move
@@ -429,7 +429,7 @@ def test_wrapper_gradient_checkpointing_matches(tokenizer):
         wrapper = pc.CouplingPromptWrapper(model, prompt_config(), tokenizer=tokenizer).train()
         randomise_prompts(wrapper)
         F.cross_entropy(wrapper(frames(), CLASSES), torch.tensor([0, 3])).backward()
-        grads.append({n: p.grad.clone() for n, p in wrapper.trainable_parameters()})
+        grads.append({n: p.grad.clone() for n, p in wrapper.named_trainable_parameters()})
     assert grads[0].keys() == grads[1].keys() and any("vision" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
@@ -460,5 +460,5 @@ def test_example_runs_and_saves_prompts(tmp_path):
     accuracy = example.main(["--steps", "2", "--batch", "2", "--eval-clips", "4", "--save", str(out),
                              "--threads", str(torch.get_num_threads())])
     assert 0.0 <= accuracy <= 1.0
-    loaded = pc.load_prompts(out)
+    loaded = pc.read_prompt_file(out)
     assert loaded.config.n_vision_ctx == 4

@@ -466,14 +466,14 @@ class XCLIPStyle(nn.Module):
         per_frame, _ = self._run_frames(frames)
         return F.normalize(per_frame, dim=-1) if normalize else per_frame
 
-    def encode_video(self, frames: torch.Tensor, return_tokens: bool = False, normalize: bool = False
+    def encode_video(self, frames: torch.Tensor, normalize: bool = False, *, return_tokens: bool = False
                      ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Video features ``(B, D)`` from frames ``(B, T, 3, H, W)``.
+        """Video features ``(B, D)`` from frames ``(B, T, 3, H, W)`` (arguments as the wrapper's ``encode_video``).
 
         Args:
             frames: ``B`` clips of exactly ``num_frames`` frames.
-            return_tokens: Also return what :meth:`specialize_text` needs.
             normalize: L2-normalise the returned video features (the tokens are never normalised).
+            return_tokens: Also return what :meth:`specialize_text` needs.
 
         Returns:
             ``video`` or ``(video, tokens)``. ``tokens`` is ``(B, 1 + T*P, D)``: ``tokens[:, 0]`` is

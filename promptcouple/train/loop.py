@@ -421,7 +421,7 @@ class Trainer:
         else:
             self.model = self.step_module
 
-        self.params = [p for _, p in self.wrapper.trainable_parameters()]
+        self.params = self.wrapper.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.micro_per_epoch = micro_per_epoch
