@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import promptcouple as pc
 from promptcouple.constants import CLIP_MEAN, CLIP_STD
-from promptcouple.train import evaluate, load_backbone
-from promptcouple.train.loop import lr_lambda
+from promptcouple.train import evaluate, load_backbone, lr_lambda
 
 COLOURS = {  # RGB in [0, 1]; the class names are the colour words
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.9, 0.1),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+from typing import Iterator
 
 # subcommand -> (module, function taking argv, one-line help). Imported lazily so `--help` stays fast.
 COMMANDS = {
@@ -25,7 +28,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv[:1])
     module, func, _ = COMMANDS[args.command]
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    with log_to_stdout():
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+@contextlib.contextmanager
+def log_to_stdout(level: int = logging.INFO) -> Iterator[None]:
+    """Show the package's log records (progress, results) on stdout as plain lines during a command.
+
+    The library only logs (to the ``promptcouple`` logger and its children) and leaves handlers
+    to the application; the command line is that application. The handler is removed afterwards,
+    so calling :func:`main` in a Python session leaves its logging as it was.
+    """
+    logger = logging.getLogger("promptcouple")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ import yaml
 
 import promptcouple as pc
 from promptcouple.data import write_label_csv
-from promptcouple.train import Trainer, build_wrapper, load_config, write_clip_file
+from promptcouple.train import Trainer, build_wrapper, load_config, tiny_clip, write_clip_file
 from promptcouple.train.data import synthetic_clips
-from promptcouple.train.loop import tiny_clip
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -111,7 +110,7 @@ def test_ddp_cli_stop_and_resume_is_bit_identical(setup):
     assert not (d / "runs/cli/prompts.safetensors").exists()
     second = torchrun("-m", "promptcouple", "train", "cfg.yaml", *over, "--resume", cwd=d)
     assert "resumed from" in second.stdout and "1 epoch(s)" in second.stdout
-    resumed = pc.load_prompts(d / "runs/cli/prompts.safetensors").tensors
+    resumed = pc.read_prompt_file(d / "runs/cli/prompts.safetensors").tensors
     reference = torch.load(d / "out" / "rank0.pt")["prompts"]
     assert torch.equal(resumed["text.ctx"], reference["ctx"])
     assert torch.equal(resumed["coupling.weight"], reference["coupling.weight"])

@@ -20,12 +20,11 @@ from torch import nn
 
 import promptcouple as pc
 from promptcouple.data import write_label_csv
-from promptcouple.train import (BackboneLoadError, ConfigError, TrainConfig, Trainer, evaluate, hm,
-                                load_backbone, load_config, train, write_clip_file)
-from promptcouple.train import loop as loop_module
+from promptcouple.train import (BackboneLoadError, ConfigError, TrainConfig, Trainer, TrainStep, build_host, evaluate,
+                                hm, load_backbone, load_config, lr_lambda, tiny_clip, train, write_clip_file)
+from promptcouple.train import trainer as trainer_module
 from promptcouple.train.checkpoint import load_checkpoint
 from promptcouple.train.data import ClipTensorDataset, synthetic_clips
-from promptcouple.train.loop import TrainStep, lr_lambda, tiny_clip
 
 CLASSES = ["red", "green", "blue", "white"]
 NOVEL = ["cyan", "purple"]
@@ -320,7 +319,7 @@ def _no_model(*args, **kwargs):
     ("fp16_on_cpu", r"run\.precision: fp16 needs a CUDA device"),
 ])
 def test_data_errors_come_before_the_model(data, tmp_path, monkeypatch, case, match):
-    monkeypatch.setattr(loop_module, "build_wrapper", _no_model)
+    monkeypatch.setattr(trainer_module, "build_wrapper", _no_model)
     over: dict = {}
     if case == "missing_file":
         over = {"data": {"val_list": str(tmp_path / "nowhere.safetensors")}}
@@ -615,7 +614,7 @@ def test_vificlip_example_learns(tmp_path):
     before = float(re.search(r"before training: top-1 ([\d.]+)%", out.stdout).group(1))
     after = float(re.search(r"after training .*: top-1 ([\d.]+)%", out.stdout).group(1))
     assert after >= 75.0 and after > before + 25, out.stdout  # 8 colour classes, chance 12.5%
-    assert pc.load_prompts(tmp_path / "p.safetensors").config.n_ctx == 4
+    assert pc.read_prompt_file(tmp_path / "p.safetensors").config.n_ctx == 4
 
 
 def test_openai_layout_checkpoint_into_the_documented_open_clip_host(tmp_path):
@@ -647,4 +646,4 @@ def test_openai_weights_need_a_quickgelu_model_name():
     cfg = TrainConfig()
     cfg.model.name, cfg.model.pretrained = "ViT-B-16", "openai"
     with pytest.raises(ConfigError, match="QuickGELU.*'ViT-B-16-quickgelu'"):
-        loop_module.build_host(cfg)
+        build_host(cfg)

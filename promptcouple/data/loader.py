@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+import math
+from typing import Any, Iterable, Iterator, Optional
 
-import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["cycle", "anchor_loader"]
 
@@ -59,37 +59,49 @@ def anchor_loader(
     num_workers: int = 0,
     seed: int = 0,
     drop_last: bool = True,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    start_epoch: int = 0,
     **loader_kwargs: Any,
 ) -> Iterator[Any]:
     """An endless, reshuffled stream of anchor batches to draw next to each training batch.
 
-    Under ``torch.distributed`` each rank gets a different shard (``DistributedSampler``);
-    otherwise a ``RandomSampler`` with its own seeded generator, so the anchor order does not
-    depend on how many draws the training loader made. GA2-CLIP appends one anchor clip per
-    training batch: ``batch_size=1``.
+    The Trainer draws its anchors through this function too. Each rank gets its own shard
+    (``DistributedSampler``; one shard of everything in a single process), and pass ``r`` is
+    shuffled with ``seed`` and epoch ``start_epoch + r`` alone: the order never depends on how many
+    draws the training loader made, and a resumed run replays it. GA2-CLIP appends one anchor clip
+    per training batch: ``batch_size=1``.
 
     Args:
         dataset: The anchor (irrelevant-class) videos, e.g. a training-mode ``VideoListDataset``.
-        batch_size: Anchor clips per training step.
+        batch_size: Anchor clips per training step and rank.
         num_workers: DataLoader workers (kept alive between passes).
         seed: Shuffling seed.
         drop_last: Keep every anchor batch the same size.
-        **loader_kwargs: Passed to ``DataLoader`` (``pin_memory``, ``collate_fn``, ...).
+        rank: This process's shard (default: its rank in the process group, else 0).
+        world_size: Number of shards (default: the process group's size, else 1).
+        start_epoch: Epoch of the first pass's shuffle.
+        **loader_kwargs: Passed to ``DataLoader`` (``pin_memory``, ``generator``, ``worker_init_fn``, ...).
 
     Returns:
         The iterator from :func:`cycle`; ``next(it)`` gives one batch.
+
+    Raises:
+        ValueError: The dataset is empty, or (with ``drop_last``) a shard holds fewer than
+            ``batch_size`` videos.
     """
-    if len(dataset) == 0:  # type: ignore[arg-type]
+    in_group = dist.is_available() and dist.is_initialized()
+    world_size = world_size if world_size is not None else (dist.get_world_size() if in_group else 1)
+    rank = rank if rank is not None else (dist.get_rank() if in_group else 0)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
         raise ValueError("anchor_loader: the anchor dataset is empty")
-    if drop_last and len(dataset) < batch_size:  # type: ignore[arg-type]
-        raise ValueError(
-            f"anchor_loader: {len(dataset)} anchor videos < batch_size={batch_size} with drop_last=True; "  # type: ignore[arg-type]
-            "lower batch_size or pass drop_last=False"
-        )
-    if dist.is_available() and dist.is_initialized():
-        sampler: Any = DistributedSampler(dataset, shuffle=True, seed=seed)
-    else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    per_rank = math.ceil(n / world_size)
+    if drop_last and per_rank < batch_size:
+        shards = f" ({per_rank} per process of {world_size})" if world_size > 1 else ""
+        raise ValueError(f"anchor_loader: {n} anchor videos{shards} < batch_size={batch_size} with drop_last=True; "
+                         "lower batch_size, add anchor videos or pass drop_last=False")
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -99,4 +111,4 @@ def anchor_loader(
         persistent_workers=num_workers > 0,
         **loader_kwargs,
     )
-    return cycle(loader)
+    return cycle(loader, start_epoch=start_epoch)

@@ -30,7 +30,7 @@ def train_main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue from run.output_dir/checkpoint.pt (starts afresh if there is none)")
     args = parser.parse_args(argv)
-    from promptcouple.train.loop import train
+    from promptcouple.train.trainer import train  # here: `--help` need not import torch
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -47,7 +47,7 @@ def eval_main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prompts", required=True, help="prompt file (.safetensors) to evaluate")
     parser.add_argument("--output", default=None, help="write the metrics to this JSON file")
     args = parser.parse_args(argv)
-    from promptcouple.train.loop import evaluate_config
+    from promptcouple.train.evaluation import evaluate_config
 
     try:
         cfg = load_config(args.config, args.overrides)
