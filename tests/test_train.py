@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -391,6 +392,9 @@ def test_cli_train_and_eval(data, tmp_path, capsys):
                    f"optim: {{epochs: 1, warmup_epochs: 0, batch_size: 4}}\nrun: {{progress: false}}\n")
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--set", f"run.output_dir={out}"]) == 0
+    shown = capsys.readouterr().out  # the library logs; the command shows its records as plain lines
+    assert "epoch 1/1: loss" in shown and "val: top1" in shown
+    assert not logging.getLogger("promptcouple").handlers  # and leaves logging as it found it
     results = json.loads((out / "results.json").read_text())
     metrics = tmp_path / "m.json"
     assert main(["eval", str(cfg), "--prompts", str(out / "prompts.safetensors"), "--output", str(metrics)]) == 0

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Literal, Sequence
+
+from promptcouple.constants import class_key
+from promptcouple.fileio import PathLike
 
 from .lists import ListFormatError, VideoRecord, read_label_csv, read_video_list, write_label_csv, write_video_list
 
@@ -58,7 +60,6 @@ __all__ = [
     "cli_main",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 SplitMethod = Literal["id", "frequency", "random"]
 
 
@@ -238,10 +239,6 @@ def k_shot_splits(
     return out
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
-
-
 def select_classes(
     classnames: Sequence[str],
     *,
@@ -271,20 +268,20 @@ def select_classes(
     """
     index: dict[str, int] = {}
     for i, name in enumerate(classnames):
-        index.setdefault(_norm(name), i)
+        index.setdefault(class_key(name), i)
     if keep is not None:
         if exclude or num is not None:
             raise ValueError("keep takes the classes as given; it does not combine with exclude or num")
-        unknown = [n for n in keep if _norm(n) not in index]
+        unknown = [n for n in keep if class_key(n) not in index]
         if unknown:
             raise ValueError(f"{len(unknown)} classes to keep are not in the label file: {unknown[:10]}")
-        ids = [index[_norm(n)] for n in keep]
+        ids = [index[class_key(n)] for n in keep]
         dup = sorted({classnames[i] for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"classes to keep listed twice: {dup[:10]}")
         return tuple(ids)
-    dropped = {_norm(n) for n in exclude}
-    remaining = [i for i, name in enumerate(classnames) if _norm(name) not in dropped]
+    dropped = {class_key(n) for n in exclude}
+    remaining = [i for i, name in enumerate(classnames) if class_key(name) not in dropped]
     if not remaining:
         raise ValueError(f"all {len(classnames)} classes are excluded")
     if num is not None:
@@ -368,8 +365,8 @@ def _cmd_classes(args: argparse.Namespace) -> None:
         recs = k_shot_split(train, args.shots, args.seed, num_classes=len(ids), allow_fewer=args.allow_fewer)
         write_video_list(out / f"train_{args.shots}shot.txt", recs)
         written.append(f"train_{args.shots}shot.txt")
-    dropped = {_norm(n) for n in exclude}
-    excluded = sum(_norm(n) in dropped for n in names)
+    dropped = {class_key(n) for n in exclude}
+    excluded = sum(class_key(n) in dropped for n in names)
     note = f" ({excluded} excluded by name)" if exclude else ""
     print(f"{len(ids)} of {len(names)} classes{note}; wrote {', '.join(written)} to {out}")
 
