@@ -20,7 +20,7 @@ def test_compiled_wrapper_matches_eager(host_name, tokenizer):
     host = make_host(host_name)
     cfg = pc.CouplingConfig(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3, dropout=0.0)
     wrapper = pc.CouplingPromptWrapper(host, cfg, hard_prompts=torch.randn(4, 32), tokenizer=tokenizer)
-    params = [p for _, p in wrapper.trainable_parameters()]
+    params = wrapper.trainable_parameters()
     x = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     eager = wrapper(x, CLASSES)
     eager_grads = torch.autograd.grad(eager.logsumexp(-1).sum(), params)
