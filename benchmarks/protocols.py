@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from promptcouple.train import TrainConfig, Trainer, build_wrapper, hm
 from promptcouple.train.data import build_datasets
-from promptcouple.train.loop import evaluate_config, evaluate_sets, setup_distributed
+from promptcouple.train import evaluate_config, evaluate_sets, setup_distributed
 
 WORLD_DATASETS = ("wk400", "whmdb", "wucf", "wssv2")
 ZERO_SHOT_TEMPLATE = "a video of a {}."  # the caption style the world CLIP was pretrained on
