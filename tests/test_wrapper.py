@@ -1,6 +1,7 @@
 """The wrapper against the host itself and against a prompted forward written out by hand."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -229,3 +230,38 @@ def test_unsupported_hosts():
     host.visual = torch.nn.Identity()  # stands for a tower with no token sequence (a ResNet)
     with pytest.raises(pc.UnsupportedHostError, match="Identity, which has no token sequence.*n_vision_ctx=0"):
         pc.CouplingPromptWrapper(host)
+
+
+# ------------------------------------------------------------------------------ names and aliases
+
+
+def test_new_names_and_their_deprecated_aliases(tmp_path, tokenizer, capsys):
+    """Each renamed API works under its new name; the old one still works for a release and says where to go."""
+    wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), pc.CouplingConfig(**SMALL),
+                                       hard_prompts=torch.randn(4, 32), tokenizer=tokenizer)
+    named = wrapper.named_trainable_parameters()
+    assert [p for _, p in named] == wrapper.trainable_parameters() and named[0][0] == "prompts.ctx"
+    wrapper.print_trainable_parameters()
+    assert f"trainable params: {wrapper.num_trainable_parameters():,} || all params:" in capsys.readouterr().out
+
+    wrapper.save_pretrained(tmp_path / "p.safetensors")
+    again = pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), tmp_path / "p.safetensors",
+                                                     tokenizer=tokenizer)
+    assert torch.equal(again.prompts.ctx, wrapper.prompts.ctx)
+    with pytest.warns(DeprecationWarning, match="pc.read_prompt_file"):
+        old = pc.load_prompts(tmp_path / "p.safetensors")
+    assert old.config == pc.read_prompt_file(tmp_path / "p.safetensors").config
+
+    assert torch.equal(wrapper.logit_scale_exp, wrapper.model.logit_scale.exp())  # the host's is log space
+    with pytest.warns(DeprecationWarning, match="logit_scale_exp"):
+        assert torch.equal(wrapper.logit_scale, wrapper.logit_scale_exp)
+
+    from promptcouple.train import Trainer, loop
+
+    with pytest.warns(DeprecationWarning, match=r"promptcouple\.train\.trainer\.Trainer"):
+        assert loop.Trainer is Trainer
+
+    # prompt files of 0.1 carry an unused "version" field: read without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pc.CouplingConfig.from_dict({"n_ctx": 4, "version": 1}).n_ctx == 4
