@@ -36,5 +36,6 @@ def fill_template(template: str, names: Sequence[str]) -> list[str]:
         ValueError: The template has no ``{}`` for the name.
     """
     if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' for the class name; write e.g. {HAND_CRAFTED_TEMPLATE!r}")
+        raise ValueError(f"template {template!r} has no '{{}}' for the class name; "
+                         f"write e.g. {HAND_CRAFTED_TEMPLATE!r}")
     return [template.format(class_text(name)) for name in names]

@@ -20,7 +20,8 @@ from promptcouple.fileio import PathLike
 from promptcouple.io import PromptFile, read_prompt_file, write_prompt_file
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], *, dropout: float = 0.5) -> tuple[str, dict[str, torch.Tensor], CouplingConfig]:
+def convert_state_dict(state: dict[str, torch.Tensor], *,
+                       dropout: float = 0.5) -> tuple[str, dict[str, torch.Tensor], CouplingConfig]:
     """Map a reference state dict to (format name, prompt file tensors, config)."""
     fmt, tensors = reference_prompt_tensors(state)
     text_depth = 1 + sum(k.startswith("text.deep.") for k in tensors)
