@@ -143,7 +143,7 @@ class FullFineTune:
         self.host = twin.unwrap().requires_grad_(True)
         self.ids = twin.tokenizer(steps.w.prompt_texts(steps.classes)).to(steps.clips.device)
         self.opt = torch.optim.AdamW(self.host.parameters(), lr=1e-6, weight_decay=1e-3)
-        self.scaler = torch.amp.GradScaler(enabled=steps.scaler.is_enabled())
+        self.scaler = torch.amp.GradScaler(steps.clips.device.type, enabled=steps.scaler.is_enabled())
 
     def step(self) -> None:
         s, host = self.s, self.host

@@ -43,3 +43,14 @@ def test_timing_ratio_is_per_pair_and_flags_wide_spreads(monkeypatch):
     noisy = iter([0, 1, 1, 2, 2, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 21])  # ratios 1, 1/3, 1, 12
     monkeypatch.setattr(timing.time, "perf_counter", lambda: next(noisy))
     assert not timing.compare(lambda: None, lambda: None, reps=4, warmup=0).readable
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """The GPU script's steps, on a tiny model on the CPU: every JSON it promises is written."""
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("overhead_fp32", "overhead_bf16", "overhead_fp16_compiled", "memory_bf16"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())["device"] == "cpu", name
+    assert json.loads((tmp_path / "overhead_fp16_compiled.json").read_text())["precision"] == "fp16"
+    assert '"ddp_ok": true' in (tmp_path / "gpu_check.log").read_text()
