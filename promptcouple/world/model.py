@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
+
+from promptcouple.constants import ZERO_SHOT_TEMPLATE, fill_template
 
 ASSET_DIR = os.path.join(os.path.dirname(__file__), "assets")
 CHECKPOINT = os.path.join(ASSET_DIR, "world_clip.safetensors")
@@ -104,14 +106,74 @@ def load_world_clip(device: str = "cpu", path: Optional[str] = None) -> Tuple[CL
     return model.to(device).eval(), make_tokenizer(config)
 
 
+class ZeroShotClassifier(torch.nn.Module):
+    """Zero-shot CLIP: videos scored against the frozen text tower's features of a hand-crafted prompt.
+
+    The package's one zero-shot evaluation. It is called like the prompted wrapper,
+    ``classifier(frames, classnames) -> (B, K)`` scores, so an evaluation loop
+    (:func:`promptcouple.train.evaluate_sets`) scores it like any prompted model. Class features
+    are computed once per class list. Build it with :meth:`from_wrapper` (any host, prompts
+    switched off) or :meth:`from_clip` (a plain world CLIP and its tokenizer).
+
+    Args:
+        model: The module evaluated (held so that ``.eval()`` and ``.to()`` reach it).
+        encode_texts: Texts -> ``(K, D)`` features of the frozen text tower.
+        score: ``(frames, normalised class features) -> (B, K)`` scores.
+        template: The hand-crafted prompt, with ``{}`` for the class name.
+    """
+
+    def __init__(self, model: torch.nn.Module, encode_texts: Callable[[list], torch.Tensor],
+                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], template: str = ZERO_SHOT_TEMPLATE):
+        super().__init__()
+        self.model = model
+        self.template = template
+        self._encode_texts, self._score = encode_texts, score
+        self._class_features: Dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_wrapper(cls, wrapper: torch.nn.Module, template: str = ZERO_SHOT_TEMPLATE) -> "ZeroShotClassifier":
+        """The host inside a :class:`promptcouple.CouplingPromptWrapper`, its prompts switched off:
+        logits as the wrapper computes them (logit scale and bias included)."""
+        def score(frames: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            with wrapper.prompts_disabled():
+                return wrapper.logits(wrapper.encode_video(frames), text)
+
+        return cls(wrapper, wrapper.encode_frozen_text, score, template)
+
+    @classmethod
+    def from_clip(cls, model: CLIP, tokenizer, template: str = ZERO_SHOT_TEMPLATE) -> "ZeroShotClassifier":
+        """A plain world CLIP (no wrapper): plain cosine similarities, which rank the classes as the
+        scaled logits do."""
+        def encode_texts(texts: list) -> torch.Tensor:
+            return model.encode_text(tokenizer(texts))
+
+        def score(frames: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            return encode_video(model, frames) @ text.t()
+
+        return cls(model, encode_texts, score, template)
+
+    @torch.no_grad()
+    def class_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        """L2-normalised ``(K, D)`` features of the template filled with each class name."""
+        key = tuple(classnames)
+        if key not in self._class_features:
+            texts = fill_template(self.template, classnames)
+            self._class_features[key] = F.normalize(self._encode_texts(texts).float(), dim=-1)
+        return self._class_features[key]
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        return self._score(frames, self.class_features(classnames))
+
+
 @torch.no_grad()
 def zero_shot_accuracy(model: CLIP, tokenizer, frames: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
-                       template: str = "a video of a {}.", batch_size: int = 256) -> float:
-    """Top-1 zero-shot accuracy (%) of the frozen model with a hand-crafted template."""
+                       template: str = ZERO_SHOT_TEMPLATE, batch_size: int = 256) -> float:
+    """Top-1 zero-shot accuracy (%) of the frozen world CLIP with a hand-crafted template."""
     model.eval()
-    txt = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames])), dim=-1)
+    classifier = ZeroShotClassifier.from_clip(model, tokenizer, template)
     correct = 0
     for i in range(0, len(frames), batch_size):
-        v = encode_video(model, frames[i:i + batch_size])
-        correct += (v @ txt.t()).argmax(-1).eq(labels[i:i + batch_size]).sum().item()
+        scores = classifier(frames[i:i + batch_size], classnames)
+        correct += scores.argmax(-1).eq(labels[i:i + batch_size]).sum().item()
     return 100.0 * correct / max(len(frames), 1)
