@@ -15,23 +15,22 @@ Examples::
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import protocols as P  # noqa: E402
+from protocol.context import run_script, start
+from protocol.methods import Method
+from protocol.reports import mean_over_splits
+from protocol.setting import make_parser
 
 DEFAULT_METHODS = ("zero-shot", "coop", "ivlp", "ga2")
 SHOTS = (2, 4, 8, 16)
 
 
-def few_shot_table(records: list[dict], methods: list[P.Method], datasets: list[str],
+def few_shot_table(records: list[dict], methods: list[Method], datasets: list[str],
                    shots: list[int]) -> dict:
     """``{method: {dataset | "average": {K: mean top-1 over splits}}}``; zero-shot has no K and
     is repeated under every K so the rows line up."""
-    means = P.mean_over_splits(records, ("top1",))
+    means = mean_over_splits(records, ("top1",))
     table: dict = {}
     for m in methods:
         row = {}
@@ -47,7 +46,7 @@ def few_shot_table(records: list[dict], methods: list[P.Method], datasets: list[
     return table
 
 
-def format_few_shot(table: dict, methods: list[P.Method], datasets: list[str], shots: list[int]) -> str:
+def format_few_shot(table: dict, methods: list[Method], datasets: list[str], shots: list[int]) -> str:
     """Markdown: one row per method, one ``K=...`` cell per dataset and the average."""
     cols = list(datasets) + ["average"]
     head = " / ".join(str(k) for k in shots)
@@ -61,11 +60,11 @@ def format_few_shot(table: dict, methods: list[P.Method], datasets: list[str], s
 
 
 def main(argv=None) -> dict:
-    parser = P.make_parser(__doc__)
+    parser = make_parser(__doc__)
     parser.add_argument("--shot-list", type=int, nargs="+", default=None, help=f"values of K (default {SHOTS})")
     args = parser.parse_args(argv)
     shots = sorted(args.shot_list or SHOTS)
-    ctx = P.start(args, "few_shot", DEFAULT_METHODS, shots=shots)
+    ctx = start(args, "few_shot", DEFAULT_METHODS, shots=shots)
     jobs = []
     for k in shots:  # the frozen model does not depend on K: evaluate it once per dataset
         jobs += [j for j in ctx.jobs("few_shot", [k]) if j.trained or k == shots[0]]
@@ -81,4 +80,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

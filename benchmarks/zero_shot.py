@@ -16,13 +16,13 @@ Examples::
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import protocols as P  # noqa: E402
+from protocol.context import run_script, start
+from protocol.methods import METHODS, Method, run_config
+from protocol.reports import format_grid
+from protocol.setting import make_parser, make_setting, model_section
+from protocol.sources import make_source
 
 DEFAULT_METHODS = ("zero-shot", "coop", "ivlp", "kgcoop", "ga2", "ga2-negative")
 
@@ -38,12 +38,12 @@ def transfer_values(records: list[dict], source: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = P.make_parser(__doc__)
+    parser = make_parser(__doc__)
     parser.add_argument("--source", default=None, help="dataset trained on (default wk400, or the data file's first)")
     args = parser.parse_args(argv)
     # Resolve the source and targets before start(), which renders (and checks) the datasets.
-    setting = P.make_setting(args)
-    known = P.make_source(args, setting).datasets("zero_shot")
+    setting = make_setting(args)
+    known = make_source(args, setting).datasets("zero_shot")
     source = args.source or ("wk400" if "wk400" in known else known[0])
     if source not in known:
         raise SystemExit(f"--source {source!r}: choose from {known}")
@@ -51,13 +51,13 @@ def main(argv=None) -> dict:
     if not targets:
         raise SystemExit("no target datasets: --datasets must name at least one dataset besides the source")
     args.datasets = [source]
-    ctx = P.start(args, "zero_shot", DEFAULT_METHODS, shots=[setting.shots], extra_datasets=targets)
-    model, s = P.model_section(args), ctx.setting
+    ctx = start(args, "zero_shot", DEFAULT_METHODS, shots=[setting.shots], extra_datasets=targets)
+    model, s = model_section(args), ctx.setting
 
-    def evals(method: P.Method, split: int, shots: int) -> dict:
+    def evals(method: Method, split: int, shots: int) -> dict:
         # Evaluation-only configs of the targets: the trained prompt file brings its own layout.
-        return {t: P.run_config(P.METHODS["ivlp"], s, model, ctx.source.data(t, "zero_shot", split, shots),
-                                ctx.out / "zero_shot" / "eval", seed=s.seed, base_dir=ctx.source.base_dir)
+        return {t: run_config(METHODS["ivlp"], s, model, ctx.source.data(t, "zero_shot", split, shots),
+                              ctx.out / "zero_shot" / "eval", seed=s.seed, base_dir=ctx.source.base_dir)
                 for t in targets}
 
     jobs = ctx.jobs("zero_shot", [s.shots], extra_evals=evals)
@@ -70,11 +70,11 @@ def main(argv=None) -> dict:
     cols = [(source, f"{source} (trained)")] + [(t, t) for t in targets] + [("average", "targets average")]
     rows = [(m.name, m.label) for m in ctx.methods]
     markdown = (f"Zero-shot transfer, top-1 % on all classes: trained on {source} (K={s.shots}, {s.epochs} epochs), "
-                f"mean of splits {ctx.splits}:\n\n" + P.format_grid(values, rows, cols))
+                f"mean of splits {ctx.splits}:\n\n" + format_grid(values, rows, cols))
     table = {m: {d: v for (mm, d), v in values.items() if mm == m} for m, _ in rows}
     ctx.datasets = [source] + targets
     return ctx.finish("zero_shot", {"source": source, "targets": targets, "runs": records, "table": table}, markdown)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

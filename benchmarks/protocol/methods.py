@@ -1,0 +1,102 @@
+"""The methods of the tables, and the Trainer config each makes of a run.
+
+A method is nothing but a set of overrides of a :class:`promptcouple.train.TrainConfig`: prompt
+layout, hard prompt, anchor mode, text-consistency weight. Every trained number comes from
+:class:`promptcouple.train.Trainer`; the zero-shot row is the frozen model with the template.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # setting.py imports this module for the --methods help
+    from .setting import Setting
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a table: how a run's config differs from the shared one.
+
+    Attributes:
+        name: Key used by ``--methods`` and in the JSON.
+        label: Row label of the tables.
+        trained: ``False``: the frozen model with the hand-crafted template (zero-shot CLIP).
+        deep: Deep prompts in both towers (IVLP); ``False``: CoOp (layer-0 text context only).
+        hard: Couple the soft context to the hard prompt (GA2's coupling).
+        anchors: Anchor mode (``consistency``, ``negative``, ``reference``) or ``None``.
+        text_consistency: Weight of the KgCoOp-style term (0: off).
+    """
+
+    name: str
+    label: str
+    trained: bool = True
+    deep: bool = True
+    hard: bool = False
+    anchors: Optional[str] = None
+    text_consistency: float = 0.0
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("zero-shot", "zero-shot (frozen, template)", trained=False),
+    Method("coop", "CoOp", deep=False),
+    Method("ivlp", "IVLP (ViFi-CLIP VL prompting)"),
+    Method("kgcoop", "KgCoOp-style (IVLP + text consistency)", text_consistency=8.0),
+    Method("ga2-reference", "GA2, released anchor computation", hard=True, anchors="reference"),
+    Method("ga2", "GA2, ours (coupling + anchor consistency)", hard=True, anchors="consistency"),
+    Method("ga2-negative", "GA2, ours (coupling + negative anchors)", hard=True, anchors="negative"),
+    Method("coupling", "ablation: coupling only", hard=True),
+    Method("anchors", "ablation: anchors only (IVLP + consistency)", anchors="consistency"),
+)}
+
+
+def resolve_methods(names: Optional[Sequence[str]], default: Sequence[str]) -> list[Method]:
+    """``--methods`` values (or ``default``) as :class:`Method` objects, in the registry's order.
+
+    Raises:
+        SystemExit: An unknown method name (with the known ones).
+    """
+    wanted = list(names or default)
+    unknown = [n for n in wanted if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    return [m for m in METHODS.values() if m.name in wanted]
+
+
+def prompt_section(method: Method, setting: Setting, hard_prompts: Optional[str]) -> dict:
+    """The ``prompts`` section: CoOp (layer-0 text only), IVLP (deep, both towers) or coupled."""
+    p = {"ctx_init": setting.ctx_init} if setting.ctx_init else {"n_ctx": setting.n_ctx}
+    if method.deep:
+        p.update(text_depth=setting.depth, vision_depth=setting.depth, n_vision_ctx=setting.n_vision_ctx)
+    else:
+        p.update(text_depth=1, vision_depth=0, n_vision_ctx=0)
+    if method.hard:
+        if hard_prompts is None:
+            raise SystemExit(f"method {method.name!r} needs a hard prompt: --hard-prompts, or a "
+                             "'hard_prompts' / 'hard_prompt_source' entry in --data-config")
+        p["hard_prompts"] = hard_prompts
+    return p
+
+
+def run_config(method: Method, setting: Setting, model: dict, data: dict, out_dir: Path, *,
+               seed: int, hard_prompts: Optional[str] = None, anchors: Optional[dict] = None,
+               base_dir: Optional[Path] = None, eval_every: Optional[int] = None) -> dict:
+    """The whole training config of one run, as the nested dict ``TrainConfig.from_dict`` takes,
+    with the folder its relative paths are resolved against: ``{"config", "base_dir"}``."""
+    every = setting.eval_every if eval_every is None else eval_every
+    cfg = {
+        "model": dict(model),
+        "prompts": prompt_section(method, setting, hard_prompts),
+        "data": copy.deepcopy(data),
+        "optim": {"epochs": setting.epochs, "warmup_epochs": min(setting.warmup_epochs, setting.epochs),
+                  "batch_size": setting.batch_size, "lr": setting.lr},
+        "loss": {"text_consistency": method.text_consistency, "text_consistency_template": setting.template},
+        "eval": {"batch_size": 64, "every_epochs": every},
+        "run": {"output_dir": str(out_dir), "seed": seed, "precision": setting.precision,
+                "device": setting.device, "progress": False},
+    }
+    if anchors is not None:
+        cfg["anchors"] = anchors
+    return {"config": cfg, "base_dir": str(base_dir) if base_dir is not None else None}

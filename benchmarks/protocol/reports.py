@@ -1,0 +1,146 @@
+"""What the records become: means over splits, markdown tables, the curves plot, the results JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from promptcouple.fileio import atomic_write, atomic_write_text
+from promptcouple.train import hm
+
+from .methods import Method
+
+
+def mean_over_splits(records: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """``{(method, dataset, shots): {metric: mean, metric_sd: sample sd, n: splits}}``; with base
+    and novel, ``hm`` is the HM of the mean base and mean novel accuracy (``hm_sd`` stays the
+    spread of the per-split HMs)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["dataset"], r["shots"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        row = {"n": len(rs)}
+        for m in metrics:
+            vals = [r[m] for r in rs]
+            row[m] = statistics.fmean(vals)
+            row[m + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        if "base" in row and "novel" in row:
+            row["hm"] = hm(row["base"], row["novel"])
+        row["seconds"] = sum(r["seconds"] for r in rs)
+        out[key] = row
+    return out
+
+
+def base_novel_table(records: Sequence[dict], methods: Sequence[Method], datasets: Sequence[str]) -> dict:
+    """Mean over splits per method and dataset, plus the average over datasets.
+
+    The average row takes the mean base and mean novel accuracy over datasets and their HM (the
+    convention of the CoOp/ViFi-CLIP tables), so every HM in the table is ``2BN/(B+N)``.
+
+    Returns:
+        ``{method: {dataset | "average": {"base", "novel", "hm", ...}}}``.
+    """
+    means = mean_over_splits(records, ("base", "novel", "hm"))
+    table: dict[str, dict] = {}
+    for m in methods:
+        row = {d: means[(m.name, d, r_shots)] for (mn, d, r_shots) in means if mn == m.name and d in datasets}
+        if not row:
+            continue
+        b = statistics.fmean(v["base"] for v in row.values())
+        n = statistics.fmean(v["novel"] for v in row.values())
+        row["average"] = {"base": b, "novel": n, "hm": hm(b, n)}
+        table[m.name] = row
+    return table
+
+
+def format_base_novel(table: dict, methods: Sequence[Method], datasets: Sequence[str], digits: int = 1) -> str:
+    """A markdown table in the layout of the paper's: one row per method, one ``B / N / HM``
+    column per dataset, then the average."""
+    cols = [d for d in datasets] + ["average"]
+    lines = ["| method | " + " | ".join(f"{c} B / N / HM" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for m in methods:
+        if m.name not in table:
+            continue
+        cells = []
+        for c in cols:
+            v = table[m.name].get(c)
+            cells.append("-" if v is None else " / ".join(f"{v[k]:.{digits}f}" for k in ("base", "novel", "hm")))
+        lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_grid(values: dict, rows: Sequence[tuple[str, str]], cols: Sequence[tuple[Any, str]],
+                digits: int = 1) -> str:
+    """A markdown table of numbers: ``values[(row_key, col_key)]`` (``-`` where missing)."""
+    lines = ["| method | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---|" * len(cols)]
+    for rk, rl in rows:
+        cells = [f"{values[(rk, ck)]:.{digits}f}" if (rk, ck) in values else "-" for ck, _ in cols]
+        lines.append(f"| {rl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(records: Sequence[dict], methods: Sequence[Method], path: Path, title: str) -> Optional[Path]:
+    """Base and novel accuracy over epochs per method (mean over datasets and splits), with the
+    frozen model's zero-shot accuracy as horizontal lines: the narrowing made visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    zs = [r for r in records if r["method"] == "zero-shot"]
+    trained = [m for m in methods if m.trained and any(r["method"] == m.name for r in records)]
+    if not trained:
+        return None
+    cols = min(3, len(trained))
+    rows = math.ceil(len(trained) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(trained):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, trained):
+        rs = [r for r in records if r["method"] == m.name]
+        by_epoch: dict[int, list[dict]] = {}
+        for r in rs:
+            for p in r["curve"]:
+                by_epoch.setdefault(p["epoch"], []).append(p)
+        epochs = sorted(e for e, ps in by_epoch.items() if len(ps) == len(rs))  # every run has the point
+        for metric, style in (("base", "-o"), ("novel", "--o")):
+            ax.plot(epochs, [statistics.fmean(p[metric] for p in by_epoch[e]) for e in epochs], style,
+                    label=metric, markersize=3)
+        if zs:
+            datasets = {r["dataset"] for r in rs}
+            for metric, ls in (("base", "-"), ("novel", "--")):
+                v = statistics.fmean(r[metric] for r in zs if r["dataset"] in datasets)
+                ax.axhline(v, color="grey", linestyle=ls, linewidth=1, label=f"zero-shot {metric}")
+        ax.set_title(m.label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:  # a file object: the format comes from the name's ending
+        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
+    plt.close(fig)
+    return path
+
+
+def machine_state() -> dict:
+    """What the timings depend on: the CPU, the load when measured, versions."""
+    return {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg()), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
