@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
-import sys
 import time
 
 import numpy as np
@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from promptcouple import world as W
+from promptcouple.fileio import atomic_write_text
+from promptcouple.world import render as R
+from promptcouple.world import vocab as V
+from promptcouple.world.model import ZeroShotClassifier
+from protocol.context import run_script
 
-from promptcouple import world as W  # noqa: E402
-from promptcouple.world import render as R  # noqa: E402
-from promptcouple.world import vocab as V  # noqa: E402
+log = logging.getLogger("promptcouple.benchmarks")
 
 
 class CaptionedClips(IterableDataset):
@@ -105,8 +108,7 @@ def linear_probe(model, name: str, shots: int = 16, split_seed: int = 1, per_cla
     with torch.no_grad():
         ftr = torch.cat([W.encode_video(model, tr.videos()[i:i + 256]) for i in range(0, len(tr), 256)])
         fte = torch.cat([W.encode_video(model, te.videos()[i:i + 256]) for i in range(0, len(te), 256)])
-        tok = W.make_tokenizer()
-        w0 = F.normalize(model.encode_text(tok([f"a video of a {c}." for c in tr.classnames])), dim=-1)
+        w0 = ZeroShotClassifier.from_clip(model, W.make_tokenizer()).class_features(tr.classnames)
     w = torch.nn.Parameter(w0.clone())
     opt = torch.optim.AdamW([w], lr=1e-2, weight_decay=1e-4)
     for _ in range(epochs):
@@ -156,16 +158,17 @@ def main(argv=None):
             res[f"{name}/default/probe16_base"] = round(linear_probe(model, name, per_class=args.eval_per_class), 2)
         for k, v in res.items():
             if not k.endswith("chance"):
-                print(f"{k:28s} {v:6.2f}")
+                log.info("%-28s %6.2f", k, v)
         small = small_eval(model, tok)
-        print("small eval", small, f"\nevaluation: {time.time() - t1:.0f} s")
+        log.info("small eval %s\nevaluation: %.0f s", small, time.time() - t1)
         if args.small_eval_json:
-            with open(args.small_eval_json, "w") as f:
-                json.dump({"checkpoint": os.path.basename(args.eval_only), "accuracy": small,
-                           "protocol": "zero_shot_accuracy, template 'a video of a {}.', test_per_class=6, shift=0, world_seed=0"}, f, indent=1)
+            atomic_write_text(args.small_eval_json, json.dumps(
+                {"checkpoint": os.path.basename(args.eval_only), "accuracy": small,
+                 "protocol": "zero_shot_accuracy, template 'a video of a {}.', test_per_class=6, shift=0, world_seed=0"},
+                indent=1))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"zero_shot": res, "small_eval": small, "eval_seconds": round(time.time() - t1, 1)}, f, indent=1)
+            atomic_write_text(args.json, json.dumps(
+                {"zero_shot": res, "small_eval": small, "eval_seconds": round(time.time() - t1, 1)}, indent=1))
         return res
 
     torch.manual_seed(args.seed)
@@ -209,7 +212,7 @@ def main(argv=None):
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     train_s = time.time() - t0
-    print(f"pretraining: {done} of {args.steps} scheduled steps in {train_s / 60:.1f} min", flush=True)
+    log.info("pretraining: %d of %d scheduled steps in %.1f min", done, args.steps, train_s / 60)
     model.eval()
     t1 = time.time()
     W.save_world_clip(model, args.out, metadata={"seed": str(args.seed), "steps": str(args.steps), "steps_done": str(done),
@@ -228,13 +231,12 @@ def main(argv=None):
     }
     for k, v in res.items():
         if not k.endswith("chance"):
-            print(f"{k:28s} {v:6.2f}  (chance {res[k + '_chance']:.2f})")
-    print(f"evaluation: {eval_s:.0f} s; total {(time.time() - t0) / 60:.1f} min")
+            log.info("%-28s %6.2f  (chance %.2f)", k, v, res[k + "_chance"])
+    log.info("evaluation: %.0f s; total %.1f min", eval_s, (time.time() - t0) / 60)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        atomic_write_text(args.json, json.dumps(report, indent=1))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
