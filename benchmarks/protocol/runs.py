@@ -163,8 +163,8 @@ def hard_prompt_file(args: argparse.Namespace, source: DataSource, setting: Sett
     """
     if args.hard_prompts is not None:
         return str(Path(args.hard_prompts).resolve())
-    if source.fixed_hard_prompts is not None:
-        return source.fixed_hard_prompts
+    if source.hard_prompts is not None:
+        return source.hard_prompts
     data = source.hard_prompt_data()
     if data is None:
         return None

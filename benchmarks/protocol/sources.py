@@ -75,7 +75,7 @@ class DataSource:
         raise NotImplementedError
 
     @property
-    def fixed_hard_prompts(self) -> Optional[str]:
+    def hard_prompts(self) -> Optional[str]:
         """A hard prompt file the source names (then none is trained)."""
         return None
 
@@ -229,7 +229,7 @@ class ListSource(DataSource):
         return self._with_frames(src) if src else None
 
     @property
-    def fixed_hard_prompts(self) -> Optional[str]:
+    def hard_prompts(self) -> Optional[str]:
         p = self.spec.get("hard_prompts")
         return str((self.path.parent / p).resolve()) if p else None
 
