@@ -396,7 +396,7 @@ def data_config(name: str) -> tuple[str, str]:
         c("  python benchmarks/base2novel.py --model ViT-B-16-quickgelu --pretrained openai \\")
         c("      --data-config configs/data/hmdb_ucf_ssv2.yaml --methods zero-shot coop ivlp ga2 --workers 1")
         c("  python benchmarks/few_shot.py ... --data-config configs/data/hmdb_ucf_ssv2.yaml --shot-list 2 4 8 16")
-        c("The scripts use one schedule for every dataset (benchmarks/protocols.py REAL_PRESET: 12 epochs,")
+        c("The scripts use one schedule for every dataset (benchmarks/protocol/setting.py REAL_PRESET: 12 epochs,")
         c("lr 4e-3, 32 frames); --lr, --epochs, --batch-size change it. The per-dataset values of GA2-CLIP's")
         c("configs are in configs/base2novel/ and configs/few_shot/. Paths: relative to this file's folder.")
         lines.append("datasets:")

@@ -2,7 +2,7 @@
 layout they read, made by the documented ``promptcouple split`` commands.
 
 * Every config in ``configs/`` and every ```yaml block in ``docs/*.md`` and ``README.md`` is read with
-  the project's own loaders (``load_config`` / ``TrainConfig.from_dict``; ``benchmarks/protocols.py``'s
+  the project's own loaders (``load_config`` / ``TrainConfig.from_dict``; ``benchmarks/protocol/sources.py``'s
   ``ListSource`` for ``--data-config`` files), which reject unknown keys; paths need not exist.
 * ``configs/`` agrees with ``configs/make_configs.py``, and its values with their sources.
 * docs/CONFIG.md documents every training-config key, and names no key that does not exist.
@@ -40,7 +40,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(CONFIGS))
 
 import make_configs  # noqa: E402
-import protocols as P  # noqa: E402
+from protocol.methods import METHODS, run_config  # noqa: E402
+from protocol.setting import REAL_PRESET, Setting  # noqa: E402
+from protocol.sources import ListSource  # noqa: E402
 
 from promptcouple import CouplingConfig  # noqa: E402
 from promptcouple.cli import main as promptcouple_main  # noqa: E402
@@ -50,7 +52,7 @@ from promptcouple.train import TrainConfig, load_config  # noqa: E402
 from promptcouple.train.config import ConfigError, WorldDataConfig, check_files  # noqa: E402
 from promptcouple.train.data import build_datasets  # noqa: E402
 
-# The keys benchmarks/protocols.py's ListSource reads (its module docstring and docs/CONFIG.md).
+# The keys benchmarks/protocol/sources.py's ListSource reads (its module docstring and docs/CONFIG.md).
 DATA_CONFIG_KEYS = {"datasets", "anchors", "reference_anchors", "hard_prompts", "hard_prompt_source"}
 PROTOCOLS = {"base_to_novel", "few_shot", "zero_shot"}
 SECTIONS = ("model", "prompts", "data", "anchors", "optim", "loss", "eval", "run")
@@ -75,13 +77,13 @@ def data_config_runs(path: Path, out: Path) -> list[tuple[str, TrainConfig]]:
     assert isinstance(raw, dict), f"{path}: expected a mapping at the top level"
     unknown = set(raw) - DATA_CONFIG_KEYS
     assert not unknown, f"{path}: unknown top-level keys {sorted(unknown)}; known: {sorted(DATA_CONFIG_KEYS)}"
-    setting = P.Setting(**P.REAL_PRESET)
-    src = P.ListSource(str(path), setting)
+    setting = Setting(**REAL_PRESET)
+    src = ListSource(str(path), setting)
     model = {"name": "ViT-B-16-quickgelu", "pretrained": "openai"}
 
     def build(data: dict, method: str = "ivlp", anchors: dict | None = None) -> TrainConfig:
-        spec = P.run_config(P.METHODS[method], setting, model, data, out, seed=0, anchors=anchors,
-                            hard_prompts=src.hard_prompts, base_dir=src.base_dir)
+        spec = run_config(METHODS[method], setting, model, data, out, seed=0, anchors=anchors,
+                          hard_prompts=src.hard_prompts, base_dir=src.base_dir)
         return TrainConfig.from_dict(spec["config"], base_dir=spec["base_dir"])
 
     runs = []
@@ -92,7 +94,7 @@ def data_config_runs(path: Path, out: Path) -> list[tuple[str, TrainConfig]]:
             assert src.datasets(protocol).count(dataset) == 1
             data = src.data(dataset, protocol, 1, 16)
             trained = "train_list" in section
-            anchors = src.anchors(setting, "consistency", out) if trained and "anchors" in raw else None
+            anchors = src.anchors("consistency", out) if trained and "anchors" in raw else None
             # GA2 where the file names a hard prompt; else IVLP with the anchors (the hard prompt
             # of hard_prompt_source exists only once the script has trained it)
             method = ("ga2" if src.hard_prompts else "anchors") if anchors else "ivlp"
@@ -100,9 +102,9 @@ def data_config_runs(path: Path, out: Path) -> list[tuple[str, TrainConfig]]:
             if trained and "reference_anchors" in raw:
                 runs.append((f"{dataset}/{protocol}/reference",
                              build(data, "ga2-reference" if src.hard_prompts else "ivlp",
-                                   src.anchors(setting, "reference", out))))
+                                   src.anchors("reference", out))))
     if "hard_prompt_source" in raw:
-        runs.append(("hard_prompt_source", build(src.hard_prompt_data(setting))))
+        runs.append(("hard_prompt_source", build(src.hard_prompt_data())))
     if "hard_prompts" in raw:
         assert isinstance(raw["hard_prompts"], str) and raw["hard_prompts"].endswith(".safetensors")
     return runs
@@ -252,7 +254,7 @@ def _docstring_blocks(module_file: Path) -> list[str]:
     return blocks
 
 
-@pytest.mark.parametrize("module", ["benchmarks/protocols.py", "promptcouple/train/config.py"])
+@pytest.mark.parametrize("module", ["benchmarks/protocol/sources.py", "promptcouple/train/config.py"])
 def test_docstring_yaml_examples_parse(module, tmp_path):
     for i, block in enumerate(_docstring_blocks(ROOT / module)):
         check_yaml_text(block, f"{module} docstring example {i + 1}", tmp_path / str(i))
