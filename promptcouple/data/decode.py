@@ -465,15 +465,19 @@ def available_backends() -> list[str]:
     return ["pyav"] + [b for b in ("torchcodec", "decord") if _installed(b)]
 
 
+def _header_count(path: str) -> int:
+    """The header's frame count as the PyAV reader reads it, so ``sample`` sees the same count with every backend."""
+    with av.open(path) as container:
+        return _header_frame_count(container, _video_stream(container, path))
+
+
 def _read_torchcodec(path: str, sample: Callable[[int], Sequence[int]], threads: int | None) -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
     # "exact" scans the file for a frame index in presentation order, as the PyAV reader counts frames
     decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=1 if threads is None else threads,
                            dimension_order="NCHW")
-    meta = decoder.metadata
-    header = meta.num_frames_from_header or 0
-    indices = _draw(path, sample, header, meta.num_frames_from_content or 0)
+    indices = _draw(path, sample, _header_count(path), decoder.metadata.num_frames_from_content or 0)
     return decoder.get_frames_at(indices).data.contiguous()
 
 
@@ -481,9 +485,7 @@ def _read_decord(path: str, sample: Callable[[int], Sequence[int]], threads: int
     import decord
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1 if threads is None else threads)
-    with av.open(path) as container:  # decord only knows its own count; the header's decides as for PyAV
-        header = _header_frame_count(container, _video_stream(container, path))
-    indices = _draw(path, sample, header, len(reader))
+    indices = _draw(path, sample, _header_count(path), len(reader))
     return torch.from_numpy(np.ascontiguousarray(reader.get_batch(indices).asnumpy().transpose(0, 3, 1, 2)))
 
 
