@@ -240,7 +240,9 @@ def test_new_names_and_their_deprecated_aliases(tmp_path, tokenizer, capsys):
     wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), pc.CouplingConfig(**SMALL),
                                        hard_prompts=torch.randn(4, 32), tokenizer=tokenizer)
     named = wrapper.named_trainable_parameters()
-    assert [p for _, p in named] == wrapper.trainable_parameters() and named[0][0] == "prompts.ctx"
+    params = wrapper.trainable_parameters()
+    assert len(params) == len(named) and all(p is q for p, (_, q) in zip(params, named))
+    assert named[0][0] == "prompts.ctx"
     wrapper.print_trainable_parameters()
     assert f"trainable params: {wrapper.num_trainable_parameters():,} || all params:" in capsys.readouterr().out
 
