@@ -219,6 +219,12 @@ class OptimConfig:
             ``batch_size * world_size * grad_accum``.
         grad_accum: Micro-steps per optimizer step.
         grad_clip: Max gradient norm; 0 disables clipping.
+        prompt_average: PromptSRC-style Gaussian prompt aggregation
+            (:class:`promptcouple.guards.GaussianPromptAverage`): the prompts after every epoch are
+            averaged with Gaussian weights over the epoch index, and the average is what the run
+            evaluates and saves at the end (the checkpoint keeps the running sum, so it resumes).
+        prompt_average_mean, prompt_average_std: The Gaussian's mean and std in epochs (``None``:
+            3/4 of ``epochs`` and ``max(epochs / 20, 0.5)``, PromptSRC's 15 and 1 of 20 scaled).
     """
 
     lr: float = 4e-3
@@ -230,6 +236,9 @@ class OptimConfig:
     batch_size: int = 8
     grad_accum: int = 1
     grad_clip: float = 0.0
+    prompt_average: bool = False
+    prompt_average_mean: Optional[float] = None
+    prompt_average_std: Optional[float] = None
 
 
 @dataclass
@@ -242,10 +251,22 @@ class LossConfig:
             class features and the frozen model's features of ``text_consistency_template``,
             averaged over the training classes; 0 disables it (KgCoOp uses 8.0).
         text_consistency_template: The hand-crafted prompt of that term.
+        self_reg_text, self_reg_vision, self_reg_kl: Weights of the PromptSRC-style
+            self-regularisation (:class:`promptcouple.guards.SelfRegularizer`) on the training clips:
+            L1 between the prompted class features and the frozen template-ensemble features, L1
+            between the prompted and frozen video features, KL from the frozen logits; 0 turns a
+            part off (all 0: off; PromptSRC uses 25, 10, 1 on images).
     """
 
     text_consistency: float = 0.0
     text_consistency_template: str = HAND_CRAFTED_TEMPLATE
+    self_reg_text: float = 0.0
+    self_reg_vision: float = 0.0
+    self_reg_kl: float = 0.0
+
+    @property
+    def self_regularization(self) -> bool:
+        return bool(self.self_reg_text or self.self_reg_vision or self.self_reg_kl)
 
 
 @dataclass
@@ -384,6 +405,11 @@ class TrainConfig:
                  f"must be a probability in [0, 1] or null, got {d.world.context}")
         need(self.loss.text_consistency >= 0, "loss.text_consistency",
              f"must be >= 0 (0 disables), got {self.loss.text_consistency}")
+        for key in ("self_reg_text", "self_reg_vision", "self_reg_kl"):
+            value = getattr(self.loss, key)
+            need(value >= 0, f"loss.{key}", f"must be >= 0 (0 disables), got {value}")
+        need(o.prompt_average_std is None or o.prompt_average_std > 0, "optim.prompt_average_std",
+             f"must be > 0 or null, got {o.prompt_average_std}")
         need("{}" in self.loss.text_consistency_template, "loss.text_consistency_template",
              f"must contain '{{}}' for the class name, got {self.loss.text_consistency_template!r}")
         need(a.mode in ANCHOR_MODES, "anchors.mode", f"must be one of {ANCHOR_MODES}, got {a.mode!r}")

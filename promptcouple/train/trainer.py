@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from promptcouple.anchors import AnchorRegularizer
 from promptcouple.fileio import PathLike, atomic_write_text
+from promptcouple.guards import GaussianPromptAverage, SelfRegularizer
 from promptcouple.text_consistency import TextConsistencyRegularizer
 from promptcouple.train.checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint, rng_state,
                                            set_rng_state)
@@ -178,7 +179,18 @@ class Trainer:
             text_regularizer = TextConsistencyRegularizer(self.wrapper, ds.classnames,
                                                           weight=cfg.loss.text_consistency,
                                                           template=cfg.loss.text_consistency_template)
-        self.step_module = TrainStep(self.wrapper, self.regularizer, text_regularizer)
+        self_regularizer = None
+        if cfg.loss.self_regularization:
+            lo = cfg.loss
+            self_regularizer = SelfRegularizer(self.wrapper, ds.classnames, text_weight=lo.self_reg_text,
+                                               vision_weight=lo.self_reg_vision, kl_weight=lo.self_reg_kl)
+        self.prompt_average = None
+        if o.prompt_average:
+            default = GaussianPromptAverage.for_epochs(o.epochs)
+            self.prompt_average = GaussianPromptAverage(
+                default.mean if o.prompt_average_mean is None else o.prompt_average_mean,
+                default.std if o.prompt_average_std is None else o.prompt_average_std)
+        self.step_module = TrainStep(self.wrapper, self.regularizer, text_regularizer, self_regularizer)
         if ctx.distributed:
             # Only the prompts are synchronised: frozen host weights and buffers are identical on
             # every rank by construction, so DDP neither broadcasts nor reduces them.
@@ -232,6 +244,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.prompt_average is not None and ckpt.get("prompt_average") is not None:
+            self.prompt_average.load_state_dict(ckpt["prompt_average"])
         rng = ckpt["rng"][self.ctx.rank] if self.ctx.rank < len(ckpt["rng"]) else ckpt["rng"][0]
         set_rng_state(rng, self.data_generator)
         self.start_epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
@@ -346,10 +360,22 @@ class Trainer:
                 "prompts": {k: v.detach().cpu() for k, v in self.wrapper.prompts.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "prompt_average": self.prompt_average.state_dict() if self.prompt_average is not None else None,
                 "rng": states, "world_size": self.ctx.world_size, "config": self.cfg.to_dict(),
             }, self.output_dir / CHECKPOINT)
         if self.ctx.distributed:
             dist.barrier()  # once per epoch: no rank runs ahead of the checkpoint it may resume from
+
+    def _trained_prompt_state(self) -> dict:
+        """The trainable prompt tensors (what Gaussian prompt aggregation averages)."""
+        return {n: p.detach() for n, p in self.wrapper.prompts.named_parameters() if p.requires_grad}
+
+    def _load_prompt_average(self) -> None:
+        average = self.prompt_average.average()
+        with torch.no_grad():
+            for name, p in self.wrapper.prompts.named_parameters():
+                if name in average:
+                    p.copy_(average[name].to(device=p.device, dtype=p.dtype))
 
     def evaluate_all(self) -> dict:
         """Evaluate on every configured evaluation set (all ranks take part)."""
@@ -385,6 +411,8 @@ class Trainer:
                     record["eval"] = self.evaluate_all()
                 self.log.write(**record)
                 history.append(record)
+                if self.prompt_average is not None:
+                    self.prompt_average.update(self._trained_prompt_state(), epoch + 1)
                 self._save_checkpoint(epoch + 1)
                 self._log(f"epoch {epoch + 1}/{epochs}: loss {stats['loss']:.4f} ({stats['epoch_time']:.1f}s)")
             results = {"epochs_completed": stop_at, "epochs": epochs, "global_step": self.global_step,
@@ -396,6 +424,8 @@ class Trainer:
                 self._log(f"stopped after epoch {stop_at} (run.stop_after_epochs); continue with --resume")
                 return results
             results["status"] = "finished"
+            if self.prompt_average is not None:  # the averaged prompts are the run's prompts
+                self._load_prompt_average()
             results["eval"] = self.evaluate_all() if self.datasets.evals else {}
             if ctx.is_main:
                 self.wrapper.save_prompts(self.output_dir / PROMPTS)
