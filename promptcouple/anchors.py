@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcouple.constants import HAND_CRAFTED_TEMPLATE, class_key, fill_template
+from promptcouple.errors import AnchorOverlapError
 
 MODES = ("consistency", "negative", "reference")
-
-
-class AnchorOverlapError(ValueError):
-    """Anchor labels that are also trained or evaluated classes; the message names them and the fix."""
 
 
 def check_anchor_overlap(anchor_labels: Sequence[str], classes: Mapping[str, Sequence[str]], *,

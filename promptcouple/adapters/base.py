@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class UnsupportedHostError(TypeError):
-    """The model cannot be prompted by hooks; the message names the host family and what is missing."""
+from promptcouple.errors import UnsupportedHostError
 
 
 @dataclass

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from promptcouple.errors import BackboneLoadError, CheckpointError
 from promptcouple.fileio import PathLike
 
 # Where the state dict sits inside a training checkpoint, in the order they are tried.
@@ -52,13 +53,6 @@ _VISION_CTX = re.compile(r"(?:^|\.)(?:image_encoder|visual)\.VPT$")
 _VISION_DEEP = re.compile(r"(?:^|\.)(?:image_encoder|visual)\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
 _TEXT_DEEP = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.VPT_shallow$")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or converted; the message says what was found and the fix."""
-
-
-class BackboneLoadError(CheckpointError):
-    """The checkpoint's backbone does not fit the model; the message lists every problem."""
 
 
 # ----------------------------------------------------------------------------------- reading

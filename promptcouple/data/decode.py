@@ -43,6 +43,8 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from promptcouple.errors import VideoDecodeError
+
 __all__ = [
     "VideoDecodeError",
     "DECODE_ERRORS",
@@ -80,9 +82,6 @@ BACKEND_ENV = "PROMPTCOUPLE_VIDEO_BACKEND"
 
 log = logging.getLogger(__name__)
 
-
-class VideoDecodeError(RuntimeError):
-    """A video or frame folder could not be decoded into the requested frames."""
 
 
 # What a broken file can raise while being opened or decoded. PyAV's errors subclass FFmpegError

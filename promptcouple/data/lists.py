@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
+from promptcouple.errors import ListFormatError
 from promptcouple.fileio import PathLike
 
 __all__ = [
@@ -42,9 +43,6 @@ ListFormat = Literal["auto", "video", "frames"]
 # Extensions that mark a three-field line as "video file + frame count" instead of a frame folder.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 
-
-class ListFormatError(ValueError):
-    """A list or label file is malformed; the message names the file and the line."""
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from promptcouple.errors import ConfigError
+
 # ``X | None`` builds a types.UnionType from Python 3.10 on; 3.9 knows only typing.Union.
 _UNION_TYPES = (Union, types.UnionType) if hasattr(types, "UnionType") else (Union,)
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the fix."""
 
 
 def path_field(*, only_if_exists: bool = False, **kw: Any) -> Any:
