@@ -82,6 +82,11 @@ class AnchorRegularizer(nn.Module):
         feature_weight: Weight of ``1 - cos(prompted, frozen)`` anchor video features (consistency).
         alpha: Scale of the released term (reference mode).
         allow_overlap: Accept anchor labels that are also class names (they leak those classes).
+        cache_frozen: Keep the frozen model's view of each anchor clip (its target logits and
+            features, a few hundred numbers a clip) by the ``clip_ids`` the caller passes, so the
+            frozen vision pass runs once per clip instead of every step (consistency mode). Right
+            only when an anchor clip is the same tensor every time it is drawn (anchors not
+            augmented) and the host does not train (no ``train_host``): that is the trade.
 
     Raises:
         AnchorOverlapError: An anchor label is also a training class (unless ``allow_overlap``).
@@ -90,7 +95,8 @@ class AnchorRegularizer(nn.Module):
     def __init__(self, wrapper: nn.Module, anchor_labels: Sequence[str], *, mode: str = "consistency",
                  weight: float = 1.0, classnames: Optional[Sequence[str]] = None,
                  template: str = HAND_CRAFTED_TEMPLATE, anchor_text: str = "prompted",
-                 feature_weight: float = 0.0, alpha: float = 1.0, allow_overlap: bool = False):
+                 feature_weight: float = 0.0, alpha: float = 1.0, allow_overlap: bool = False,
+                 cache_frozen: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
@@ -108,6 +114,11 @@ class AnchorRegularizer(nn.Module):
         self.anchor_text, self.feature_weight, self.alpha = anchor_text, float(feature_weight), float(alpha)
         self.classnames = list(classnames) if classnames is not None else None
         self.allow_overlap = allow_overlap
+        if cache_frozen and getattr(wrapper, "train_host", ()):
+            raise ValueError(f"cache_frozen=True with train_host={list(wrapper.train_host)}: the host trains, so its "
+                             "view of an anchor clip changes every step; leave cache_frozen off")
+        self.cache_frozen = bool(cache_frozen)
+        self._frozen_views: dict = {}  # clip id -> (frozen video feature, target logits)
         self.register_buffer("_frozen_text", None, persistent=False)
         if self.classnames is not None:
             self.check_leakage(self.classnames, "training")
@@ -146,8 +157,31 @@ class AnchorRegularizer(nn.Module):
     def _specialize(self, text: torch.Tensor, context) -> torch.Tensor:
         return self.wrapper.host.specialize_text(text, context) if context is not None else text
 
+    def folds_anchor_text(self) -> bool:
+        """Whether the prompted anchor labels can join the step's class text pass (consistency mode)."""
+        return self.mode == "consistency" and self.anchor_text == "prompted"
+
+    def _frozen_view(self, anchor_clips: torch.Tensor, clip_ids: Optional[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen model's anchor video features and target logits, from the cache where allowed."""
+        w = self.wrapper
+        use_cache = self.cache_frozen and clip_ids is not None
+        if use_cache:
+            keys = [int(i) for i in clip_ids]
+            if all(k in self._frozen_views for k in keys):
+                video, target = zip(*(self._frozen_views[k] for k in keys))
+                return torch.stack(video), torch.stack(target)
+        frozen_text = self.frozen_text_features()
+        with torch.no_grad(), w.prompts_disabled():
+            frozen_video, frozen_tokens = self._video(anchor_clips)
+            target = w.logits(frozen_video, self._specialize(frozen_text.to(frozen_video.dtype), frozen_tokens))
+        if use_cache:
+            self._frozen_views.update({k: (v, t) for k, v, t in zip(keys, frozen_video, target)})
+        return frozen_video, target
+
     def forward(self, anchor_clips: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                class_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+                class_features: Optional[torch.Tensor] = None, *, video: Optional[torch.Tensor] = None,
+                context=None, anchor_text: Optional[torch.Tensor] = None,
+                clip_ids: Optional[Sequence] = None) -> torch.Tensor:
         """The weighted loss term for a batch of anchor clips ``(B, T, C, H, W)``.
 
         Args:
@@ -155,13 +189,19 @@ class AnchorRegularizer(nn.Module):
             labels: Their indices into ``anchor_labels`` (``"negative"`` mode only).
             class_features: The step's prompted class features ``(K, D)`` or ``(B, K, D)``
                 (``"negative"`` mode; saves re-encoding the training classes).
+            video, context: The prompted anchor video features (and video context) when the step
+                computed them in its own vision pass, batched with the training clips.
+            anchor_text: The prompted anchor-label features when the step encoded them in its own
+                text pass, batched with the class prompts (consistency mode, see
+                :meth:`folds_anchor_text`).
+            clip_ids: Stable ids of the anchor clips (dataset indices), for ``cache_frozen``.
         """
         if self.mode == "reference":
             raise RuntimeError("reference mode acts on the classification logits: use "
                                "logits = regularizer.adjust_logits(logits, anchor_clips)")
         w = self.wrapper
         frozen_text = self.frozen_text_features()
-        video, tokens = self._video(anchor_clips)
+        video, tokens = (video, context) if video is not None else self._video(anchor_clips)
         if self.mode == "negative":
             if labels is None:
                 raise ValueError("negative mode needs the anchor clips' labels (indices into anchor_labels)")
@@ -180,10 +220,11 @@ class AnchorRegularizer(nn.Module):
             return self.weight * F.cross_entropy(logits.float(), labels + classes.shape[-2])
 
         # consistency: the frozen model's view of the anchors is the target
-        with torch.no_grad(), w.prompts_disabled():
-            frozen_video, frozen_tokens = self._video(anchor_clips)
-            target = w.logits(frozen_video, self._specialize(frozen_text.to(frozen_video.dtype), frozen_tokens))
-        text = w.encode_text(self.anchor_labels) if self.anchor_text == "prompted" else frozen_text
+        frozen_video, target = self._frozen_view(anchor_clips, clip_ids)
+        if anchor_text is not None:
+            text = anchor_text
+        else:
+            text = w.encode_text(self.anchor_labels) if self.anchor_text == "prompted" else frozen_text
         logits = w.logits(video, self._specialize(text.to(video.dtype), tokens))
         loss = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(target.float(), -1),
                         log_target=True, reduction="batchmean")

@@ -144,3 +144,45 @@ def test_text_consistency_baseline(setup):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
     g = grads(wrapper, loss)
     assert g["prompts.ctx"].abs().sum() > 0 and g["prompts.vision_ctx"] is None
+
+
+@pytest.mark.parametrize("mode", ["consistency", "negative"])
+def test_training_step_folds_the_anchor_term_into_its_passes_exactly(setup, mode):
+    """One text pass (classes + anchor labels) and one vision pass (clips + anchor clips) give the
+    loss and prompt gradients of the separate passes."""
+    from promptcouple.train.step import TrainStep
+
+    wrapper = setup[0]
+    reg = pc.AnchorRegularizer(wrapper, ANCHORS, mode=mode, feature_weight=0.5)
+    step = TrainStep(wrapper, reg)
+    x, anchor, labels, anchor_labels = clips(), clips(1, seed=7), torch.tensor([0, 2]), torch.tensor([1])
+    loss, parts = step(x, labels, CLASSES, anchor, anchor_labels)
+    got = grads(wrapper, loss)
+
+    text = wrapper.encode_text(CLASSES)  # the same term, every pass on its own
+    separate = F.cross_entropy(wrapper(x, CLASSES), labels) + reg(anchor, labels=anchor_labels, class_features=text)
+    expected = grads(wrapper, separate)
+    torch.testing.assert_close(loss, separate, atol=1e-6, rtol=0)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_frozen_anchor_view_is_cached_by_clip_id(setup):
+    wrapper = setup[0]
+    reg = pc.AnchorRegularizer(wrapper, ANCHORS, cache_frozen=True)
+    plain = pc.AnchorRegularizer(wrapper, ANCHORS)
+    anchor = clips(1, seed=7)
+    runs = []
+    handle = wrapper.host.vision.insert.register_forward_pre_hook(lambda *a: runs.append(wrapper._active))
+    first = reg(anchor, clip_ids=[5])
+    assert runs == [True, False]  # the prompted pass and the frozen one
+    runs.clear()
+    second = reg(anchor, clip_ids=[5])
+    assert runs == [True]  # the frozen view came from the cache
+    handle.remove()
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    torch.testing.assert_close(second, plain(anchor), atol=1e-6, rtol=0)
+    host = make_host("openai")
+    with pytest.raises(ValueError, match="cache_frozen=True with train_host=.*the host trains"):
+        pc.AnchorRegularizer(pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=setup[2],
+                                                      train_host=["ln_final"]), ANCHORS, cache_frozen=True)
