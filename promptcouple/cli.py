@@ -6,8 +6,9 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 # subcommand -> (module, function taking argv, one-line help). Imported lazily so `--help` stays fast.
 COMMANDS = {
@@ -23,13 +24,47 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="promptcouple", description=__doc__)
     parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in COMMANDS.items()))
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: PROMPTCOUPLE_DEBUG=1)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    debug = "--debug" in argv or os.environ.get("PROMPTCOUPLE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = parser.parse_args(argv[:1])
     module, func, _ = COMMANDS[args.command]
     with log_to_stdout():
-        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        return run_command(f"promptcouple {args.command}", lambda: getattr(importlib.import_module(module), func)(
+            argv[1:]), debug=debug)
+
+
+def run_command(prog: str, command: Callable[[], Optional[int]], *, debug: bool = False) -> int:
+    """Run a subcommand; an error reaches the user as one line on stderr and an exit status.
+
+    A :class:`~promptcouple.errors.PromptcoupleError` exits with its ``exit_status`` (2: what the
+    command was given, 1: a fault while running); any other exception is a fault (1), reported
+    by its type and message. ``debug`` (``--debug``, ``PROMPTCOUPLE_DEBUG=1``) re-raises instead,
+    so the traceback shows.
+    """
+    from promptcouple.errors import PromptcoupleError
+
+    try:
+        return int(command() or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 (the one place that turns errors into exit statuses)
+        if debug:
+            raise
+        expected = isinstance(err, PromptcoupleError)
+        # OSError and the like are the user's too (a full disk, a file without permission) but carry
+        # no hint of where they came from: their type says what happened.
+        text = str(err) if expected else f"{type(err).__name__}: {err}"
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+        print(f"{prog}: error: {text} (--debug or PROMPTCOUPLE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return err.exit_status if expected else 1
 
 
 @contextlib.contextmanager

@@ -400,7 +400,7 @@ def test_cli_train_and_eval(data, tmp_path, capsys):
     assert main(["eval", str(cfg), "--prompts", str(out / "prompts.safetensors"), "--output", str(metrics)]) == 0
     assert json.loads(metrics.read_text())["eval"] == results["eval"]
     assert main(["train", str(cfg), "--set", "optim.epochs=0"]) == 2
-    assert "config error: optim.epochs: must be >= 1" in capsys.readouterr().err
+    assert "promptcouple train: error: optim.epochs: must be >= 1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ backbone

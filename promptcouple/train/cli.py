@@ -10,10 +10,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional
 
-from promptcouple.train.config import ConfigError, load_config
+from promptcouple.train.config import load_config
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -32,12 +31,8 @@ def train_main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from promptcouple.train.trainer import train  # here: `--help` need not import torch
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        results = train(cfg, resume=args.resume)
-    except ConfigError as err:
-        print(f"promptcouple train: config error: {err}", file=sys.stderr)
-        return 2
+    # Errors propagate: promptcouple.cli.run_command turns them into one line and an exit status.
+    results = train(load_config(args.config, args.overrides), resume=args.resume)
     return 0 if results.get("status") in ("finished", "stopped") else 1
 
 
@@ -49,10 +44,5 @@ def eval_main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from promptcouple.train.evaluation import evaluate_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        evaluate_config(cfg, args.prompts, output=args.output)
-    except ConfigError as err:
-        print(f"promptcouple eval: config error: {err}", file=sys.stderr)
-        return 2
+    evaluate_config(load_config(args.config, args.overrides), args.prompts, output=args.output)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -191,12 +192,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         # PyYAML reads "4e-3" (no dot) as a string; accept it as the number it means
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad("a number") from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a number")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise bad("a number")
+        if not math.isfinite(number):  # YAML's .inf / .nan: no setting means "infinitely"
+            raise bad("a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
