@@ -28,11 +28,10 @@ import logging
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import av
@@ -44,33 +43,9 @@ from tqdm import tqdm
 import promptcouple.data.dataset as dataset_mod
 import promptcouple.data.decode as decode
 from promptcouple.data import TrainTransform, VideoListDataset, clip_indices, read_video_frames
+from timing import Spread  # the spread statistics every benchmark reports
 
 log = logging.getLogger("promptcouple.benchmarks.decode")
-
-
-# ------------------------------------------------------------------------------------- statistics
-
-
-@dataclass
-class Spread:
-    median: float
-    q1: float
-    q3: float
-    min: float
-    max: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Spread":
-        if len(values) == 1:
-            q1 = q2 = q3 = values[0]
-        else:
-            q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-        return cls(median=q2, q1=q1, q3=q3, min=min(values), max=max(values), n=len(values))
-
-    @property
-    def relative_iqr(self) -> float:
-        return (self.q3 - self.q1) / self.median if self.median else float("inf")
 
 
 def load() -> list[float]:
