@@ -17,6 +17,7 @@ String metadata: ``format``, ``format_version``, ``promptcouple_version``, ``con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from promptcouple.config import CouplingConfig
+from promptcouple.errors import MissingFileError, PromptFileError
 from promptcouple.fileio import PathLike, atomic_write_bytes
 from promptcouple.prompts import coupled_context
 
@@ -55,7 +57,7 @@ class PromptFile:
         if not self.coupled:
             return ctx.clone()
         if "text.hard" not in self.tensors:
-            raise ValueError("this prompt file is coupled to a hard prompt it does not contain, so its "
+            raise PromptFileError("this prompt file is coupled to a hard prompt it does not contain, so its "
                              "effective context is unknown; convert it with the hard prompt")
         t = self.tensors
         return coupled_context(t["text.hard"].float(), ctx, t["coupling.weight"].float(), t["coupling.bias"].float())
@@ -117,33 +119,138 @@ def save_prompts(wrapper, path: PathLike) -> None:
     write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host)
 
 
+def check_tensor_values(name: str, tensor, where: str) -> None:
+    """A prompt tensor must be a floating-point tensor of finite values (NaN prompts give NaN logits).
+
+    Raises:
+        PromptFileError: Not a tensor, an integer or bool dtype, or NaN / infinite entries.
+    """
+    if not torch.is_tensor(tensor):
+        raise PromptFileError(f"{where}: {name} is a {type(tensor).__name__}, expected a tensor")
+    if not tensor.is_floating_point():
+        raise PromptFileError(f"{where}: {name} has dtype {tensor.dtype}, expected a floating-point tensor "
+                              "(prompt files are written by wrapper.save_prompts or `promptcouple convert`)")
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise PromptFileError(f"{where}: {name} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}, "
+                              "expected finite numbers; the run that wrote it diverged: retrain (lower optim.lr) "
+                              "or take an earlier checkpoint's prompts")
+
+
+def expected_shapes(config: CouplingConfig, text_width: int, vision_width: int, coupled: bool) -> dict[str, tuple]:
+    """The key -> shape table of a prompt file of this config and these tower widths."""
+    n, w = config.n_ctx, text_width
+    shapes = {"text.ctx": (n, w), **{f"text.deep.{i}": (n, w) for i in range(1, config.text_depth)}}
+    if config.has_vision_prompts:
+        m, v = config.n_vision_ctx, vision_width
+        shapes.update({"vision.ctx": (m, v), **{f"vision.deep.{i}": (m, v) for i in range(1, config.vision_depth)}})
+    if coupled:
+        shapes.update({"text.hard": (n, w), "coupling.weight": (w, 2 * w), "coupling.bias": (w,)})
+    return shapes
+
+
+def check_prompt_tensors(tensors: dict[str, torch.Tensor], config: CouplingConfig, where: str) -> None:
+    """Every key, shape, dtype and value of a prompt file's tensors against its config.
+
+    Run before a prompt file is written (``convert``) and after one is read, so that a file that
+    loads is one that works.
+
+    Raises:
+        PromptFileError: Naming the key, what was found and what the config expects.
+    """
+    ctx = tensors.get("text.ctx")
+    if ctx is None:
+        raise PromptFileError(f"{where}: no tensor 'text.ctx' (the text context every prompt file holds); "
+                              f"found keys {sorted(tensors)[:8]}")
+    for key, tensor in tensors.items():
+        check_tensor_values(f"tensor {key!r}", tensor, where)
+    if ctx.ndim != 2:
+        raise PromptFileError(f"{where}: tensor 'text.ctx' has shape {tuple(ctx.shape)}, expected (n_ctx, text width)")
+    vision = tensors.get("vision.ctx")
+    if vision is not None and vision.ndim != 2:
+        raise PromptFileError(f"{where}: tensor 'vision.ctx' has shape {tuple(vision.shape)}, "
+                              "expected (n_vision_ctx, vision width)")
+    config = config if config.n_ctx is not None else dataclasses.replace(config, n_ctx=ctx.shape[0])
+    coupled = "coupling.weight" in tensors or "coupling.bias" in tensors
+    expected = expected_shapes(config, ctx.shape[1], vision.shape[1] if vision is not None else 0, coupled)
+    optional = {"text.hard"}  # converted GA2-CLIP checkpoints do not store the hard prompt
+    missing = sorted(set(expected) - set(tensors) - optional)
+    unexpected = sorted(k for k in set(tensors) - set(expected) if not k.startswith(HOST_PREFIX))
+    if missing or unexpected:
+        raise PromptFileError(f"{where}: keys do not match its config {config}: missing {missing}, unexpected "
+                              f"{unexpected}; the file is incomplete or its config metadata is not the one "
+                              "it was trained with")
+    for key, shape in expected.items():
+        if key in tensors and tuple(tensors[key].shape) != shape:
+            raise PromptFileError(f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)}, expected {shape} "
+                                  f"from its config and text.ctx {tuple(ctx.shape)}; the file is damaged or "
+                                  "was assembled by hand")
+
+
+def _metadata_int(metadata: dict[str, str], key: str, where: str) -> Optional[int]:
+    if key not in metadata:
+        return None
+    try:
+        return int(metadata[key])
+    except ValueError:
+        raise PromptFileError(f"{where}: metadata {key!r} is {metadata[key]!r}, expected an integer") from None
+
+
 def read_prompt_file(path: PathLike) -> PromptFile:
     """Read a prompt file (tensors, config, metadata; no model needed), checking that it is one.
 
-    To load one into a wrapper: ``wrapper.load_prompts(path)`` or
+    Every key, shape, dtype, value and metadata field is checked, so a file that reads is one a
+    wrapper of its config can load. To load one into a wrapper: ``wrapper.load_prompts(path)`` or
     ``CouplingPromptWrapper.from_pretrained(model, path)``.
+
+    Raises:
+        MissingFileError: No file at ``path`` (a ``FileNotFoundError``).
+        PromptFileError: Not a promptcouple prompt file, a newer format version, or a bad key,
+            shape, dtype, value or metadata field (a ``ValueError``).
     """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no prompt file at {path}")
+        what = "a directory" if path.is_dir() else "nothing"
+        raise MissingFileError(f"no prompt file at {path} (found {what}); expected a .safetensors file written by "
+                               "wrapper.save_prompts, `promptcouple train` or `promptcouple convert`")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated, or another format? "
-                         f"convert reference checkpoints with `promptcouple convert`): {err}") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise PromptFileError(f"{path} is not a readable safetensors file (truncated, or another format? "
+                              f"convert reference checkpoints with `promptcouple convert`): {err}") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is a safetensors file but not a promptcouple prompt file "
-                         f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has prompt file format version {metadata.get('format_version')}, "
-                         f"this promptcouple reads version {FORMAT_VERSION}; upgrade promptcouple")
-    if "text.ctx" not in tensors:
-        raise ValueError(f"{path}: missing key 'text.ctx'")
-    return PromptFile(tensors, CouplingConfig.from_json(metadata["config"]), metadata)
+        raise PromptFileError(f"{path} is a safetensors file but not a promptcouple prompt file "
+                              f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})")
+    version = metadata.get("format_version")
+    if version is None or not version.isdigit():
+        raise PromptFileError(f"{path}: metadata 'format_version' is {version!r}, expected an integer such as "
+                              f"{FORMAT_VERSION!r}; the file is damaged")
+    if int(version) > int(FORMAT_VERSION):
+        raise PromptFileError(f"{path} has prompt file format version {version}, newer than this promptcouple "
+                              f"reads (version {FORMAT_VERSION}); upgrade promptcouple")
+    if int(version) != int(FORMAT_VERSION):
+        raise PromptFileError(f"{path} has prompt file format version {version}, this promptcouple reads version "
+                              f"{FORMAT_VERSION}")
+    if "config" not in metadata:
+        raise PromptFileError(f"{path}: no 'config' metadata (the CouplingConfig JSON every prompt file holds); "
+                              "the file is damaged: write it again with wrapper.save_prompts")
+    try:
+        config = CouplingConfig.from_json(metadata["config"])
+    except (ValueError, TypeError, AttributeError) as err:  # json.JSONDecodeError is a ValueError
+        raise PromptFileError(f"{path}: metadata 'config' is not a valid CouplingConfig JSON ({err}); "
+                              f"found {metadata['config'][:80]!r}") from None
+    check_prompt_tensors(tensors, config, str(path))
+    for key, tensor_key in (("text_width", "text.ctx"), ("vision_width", "vision.ctx")):
+        stored, tensor = _metadata_int(metadata, key, str(path)), tensors.get(tensor_key)
+        width = int(tensor.shape[1]) if tensor is not None else 0
+        if stored is not None and stored != width:
+            raise PromptFileError(f"{path}: metadata {key!r} is {stored} but {tensor_key} is {width} wide; "
+                                  "the file is damaged")
+    return PromptFile(tensors, config, metadata)
 
 
 def load_prompts(path: PathLike) -> PromptFile:
@@ -162,19 +269,19 @@ def load_prompts_into(wrapper, source: Union[PathLike, PromptFile]) -> None:
     missing = sorted(set(expected) - set(pf.tensors))
     unexpected = sorted(set(pf.tensors) - set(expected))
     if pf.coupled and not wrapper.prompts.coupled:
-        raise ValueError(f"{name} was trained with a hard prompt (coupling layer) but this wrapper has none; "
+        raise PromptFileError(f"{name} was trained with a hard prompt (coupling layer) but this wrapper has none; "
                          "use CouplingPromptWrapper.from_pretrained, or pass hard_prompts=")
     if missing == ["text.hard"] and pf.coupled:
         missing = []  # converted reference checkpoints keep the hard prompt the wrapper was given
     if missing or unexpected:
-        raise ValueError(f"{name} does not match this wrapper's prompts: missing keys {missing}, "
+        raise PromptFileError(f"{name} does not match this wrapper's prompts: missing keys {missing}, "
                          f"unexpected keys {unexpected} (file config {pf.config}, wrapper config {wrapper.config})")
     for key, target in expected.items():
         if key not in pf.tensors:
             continue
         got = tuple(pf.tensors[key].shape)
         if got != tuple(target.shape):
-            raise ValueError(
+            raise PromptFileError(
                 f"{name}: key {key!r} has shape {got}, this wrapper expects {tuple(target.shape)}; "
                 f"the file was trained for text width {pf.metadata.get('text_width')} and vision width "
                 f"{pf.metadata.get('vision_width')} (trained for another backbone, e.g. ViT-B/16 = 512/768?)")

@@ -28,8 +28,10 @@ from torch import nn
 
 from promptcouple.adapters import HostAdapter, UnsupportedHostError, resolve_host
 from promptcouple.adapters.base import cosine_logits, hidden_states, map_sequence
+from promptcouple.adapters.capabilities import frame_format
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
 from promptcouple.constants import class_text
+from promptcouple.errors import InvalidInputError, InvalidTypeError, PromptFileError
 from promptcouple.fileio import PathLike
 from promptcouple.prompts import PromptLearner
 from promptcouple.tokenize import PromptTokenizer
@@ -92,6 +94,7 @@ class CouplingPromptWrapper(nn.Module):
                 model.get_submodule(name).requires_grad_(True)
             except AttributeError:
                 raise ValueError(f"train_host: the host has no submodule {name!r}") from None
+        self._frame_format = frame_format(model)  # (channels, (H, W)) the image tower takes, None where unknown
         self._handles = self._register_hooks()
         for owner in host.intermediates_owners():  # they call blocks directly: the strip hook never fires
             owner.forward_intermediates = partial(_refuse_intermediates, type(owner).__name__)
@@ -265,14 +268,9 @@ class CouplingPromptWrapper(nn.Module):
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
-        if isinstance(classnames, str):
-            raise ValueError(f"classnames must be a list of class names, got the string {classnames!r}; "
-                             f"write [{classnames!r}] for one class")
-        key = tuple(classnames)
+        key = check_classnames(classnames)
         ids = self._ids_cache.get(key)
         if ids is None:
-            if not key or not all(isinstance(c, str) and c.strip() for c in key):
-                raise ValueError(f"classnames must be a non-empty list of non-empty strings, got {list(key)[:5]!r}")
             texts = self.prompt_texts(key)
             limit = self.host.text.context_length
             specials = self._ctx_start + 1  # start token(s) before the prompt, end token after it
@@ -290,6 +288,12 @@ class CouplingPromptWrapper(nn.Module):
         # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
         return tuple(t._version for t in self.prompts.state_dict(keep_vars=True).values())
 
+    def _host_version(self) -> int:
+        # In-place edits of the host's weights (load_state_dict, an optimizer on train_host) bump
+        # the version counters, so cached class features cannot outlive the weights they came from.
+        # Assigning ``p.data = ...`` bypasses the counters: call clear_cache() after doing that.
+        return sum(p._version for p in self.model.parameters())
+
     def _host_text(self, ids: torch.Tensor) -> torch.Tensor:
         short = self.host.encode_text_short(ids) if self.short_text and self.host.text.causal else None
         return short if short is not None else self.host.encode_text(ids)
@@ -300,15 +304,17 @@ class CouplingPromptWrapper(nn.Module):
         Where the text tower is causal and the adapter allows it, only the first ``L`` positions
         run (``L`` = last end-of-text position + 1): the same features as the full length, at a
         fraction of the cost. In evaluation under ``no_grad`` features are cached per class set,
-        prompt state, dtype and device, so repeated evaluation batches do not re-encode the classes.
+        prompt state, host weights (their in-place version counters), autocast, dtype and device, so
+        repeated evaluation batches do not re-encode the classes; after replacing host weights
+        through ``.data``, call :meth:`clear_cache`.
         """
         self._check_wrapped()
         cacheable = not (self.training or torch.is_grad_enabled())
         key = None
         if cacheable:
             param = self.host.parameter
-            key = (tuple(classnames), self._prompt_version(), self._active, torch.is_autocast_enabled(),
-                   param.dtype, param.device)
+            key = (check_classnames(classnames), self._prompt_version(), self._host_version(), self._active,
+                   torch.is_autocast_enabled(), param.dtype, param.device)
             hit = self._feature_cache.get(key)
             if hit is not None:
                 return F.normalize(hit, dim=-1) if normalize else hit
@@ -342,13 +348,37 @@ class CouplingPromptWrapper(nn.Module):
         make class features video-specific (``None`` for image CLIPs); pass it to :meth:`logits`.
         """
         self._check_wrapped()
-        if not torch.is_tensor(frames) or frames.ndim != 5:
-            shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
-            raise ValueError(f"frames must be a tensor (B, T, C, H, W), got {shape}; "
-                             "add a time axis with frames.unsqueeze(1) for single images")
+        self._check_frames(frames)
         video, context = self.host.encode_video(frames)
         video = F.normalize(video, dim=-1) if normalize else video
         return (video, context) if return_tokens else video
+
+    def _check_frames(self, frames: Any) -> None:
+        """Refuse frames the host would misread, or fail on deep inside with a shape error."""
+        if not torch.is_tensor(frames) or frames.ndim != 5:
+            shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
+            raise InvalidInputError(f"frames must be a tensor (B, T, C, H, W), got {shape}; "
+                                    "add a time axis with frames.unsqueeze(1) for single images")
+        if frames.dtype == torch.uint8:
+            raise InvalidTypeError(
+                "frames have dtype torch.uint8 (raw pixels), expected float frames normalised as CLIP's: "
+                "frames.float().div(255) then (x - CLIP_MEAN) / CLIP_STD per channel (promptcouple.constants), "
+                "as promptcouple.data's transforms do")
+        if not frames.is_floating_point():
+            raise InvalidTypeError(f"frames have dtype {frames.dtype}, expected a floating-point tensor "
+                                   "normalised as CLIP's")
+        b, t, c, h, w = frames.shape
+        if b == 0 or t == 0:
+            raise InvalidInputError(f"frames of shape {tuple(frames.shape)} hold no video (B={b}, T={t}); "
+                                    "expected at least one video of at least one frame")
+        channels, size = self._frame_format
+        if channels is not None and c != channels:
+            fix = "repeat grey frames to RGB: frames.expand(-1, -1, 3, -1, -1)" if c == 1 else "check the axis order"
+            raise InvalidInputError(f"frames have {c} channel(s) (shape {tuple(frames.shape)}), the image tower "
+                                    f"takes {channels}; frames are (B, T, C, H, W): {fix}")
+        if size is not None and (h, w) != tuple(size):
+            raise InvalidInputError(f"frames are {h}x{w} pixels, the image tower takes {size[0]}x{size[1]}; "
+                                    f"resize or crop them to {size[0]}x{size[1]} (data.image_size in a config)")
 
     @property
     def logit_scale_exp(self) -> torch.Tensor:
@@ -522,9 +552,39 @@ def _resolve_hard_prompts(hard: HardPrompts, shape: tuple[int, int]) -> Optional
     if isinstance(hard, PromptFile):
         hard = hard.effective_context()
     if not torch.is_tensor(hard):
-        raise TypeError(f"hard_prompts must be a tensor, a prompt file path or a PromptFile, got {type(hard).__name__}")
+        raise InvalidTypeError(f"hard_prompts must be a tensor, a prompt file path or a PromptFile, "
+                               f"got {type(hard).__name__}")
+    from promptcouple.io import check_tensor_values
+
+    check_tensor_values("the hard prompt", hard, source)
     if tuple(hard.shape) != tuple(shape):
-        raise ValueError(
+        raise PromptFileError(
             f"{source}: hard prompt of shape {tuple(hard.shape)}, expected {tuple(shape)} (n_ctx, text width); "
             "was it learned with another n_ctx or for another backbone?")
     return hard.float()
+
+
+def check_classnames(classnames: Any) -> tuple[str, ...]:
+    """Class names as a tuple, refusing what would silently train or evaluate the wrong classes.
+
+    Raises:
+        InvalidInputError: A plain string (it would become one class per letter), an empty list,
+            a name that is not a non-empty string, or a name given twice (two indistinguishable
+            classes).
+    """
+    if isinstance(classnames, str):
+        raise InvalidInputError(f"classnames must be a list of class names, got the string {classnames!r}; "
+                                f"write [{classnames!r}] for one class")
+    names = tuple(classnames)
+    if not names:
+        raise InvalidInputError("classnames is empty; expected a non-empty list of class names")
+    for i, name in enumerate(names):
+        if not (isinstance(name, str) and name.strip()):
+            raise InvalidInputError(f"classnames[{i}] is {name!r}, expected a non-empty string")
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise InvalidInputError(f"classnames[{first[name]}] and classnames[{i}] are both {name!r}: two classes "
+                                    "with one name cannot be told apart; give each class a distinct name")
+        first[name] = i
+    return names
