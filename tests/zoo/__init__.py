@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FAMILIES = ["clip_layouts", "hf", "open_clip_custom", "videox"]
@@ -58,6 +59,34 @@ class HostCase:
 
     def __repr__(self) -> str:
         return self.name
+
+
+# ------------------------------------------------------- pieces every hand-written forward shares
+
+def text_context(prompts, rows: int) -> torch.Tensor:
+    """The layer-0 context ``(rows, n_ctx, D)`` written out: soft tokens, or ReLU(Linear([hard; soft]))."""
+    soft = prompts.ctx.unsqueeze(0).expand(rows, -1, -1)
+    if prompts.coupling is None:
+        return soft
+    hard = prompts.hard.unsqueeze(0).expand_as(soft)
+    return F.relu(F.linear(torch.cat([hard, soft], -1), prompts.coupling.weight, prompts.coupling.bias))
+
+
+def scaled_logits(host, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``exp(logit_scale) * cos`` plus the host's logit bias where it has one (SigLIP)."""
+    logits = host.logit_scale.exp() * (F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t())
+    bias = getattr(host, "logit_bias", None)
+    return logits + bias if bias is not None else logits
+
+
+def frame_averaged(manual_image, manual_text):
+    """The video logits of an image CLIP (ViFi-CLIP: frame features averaged over time), by hand."""
+    def manual_logits(host, frames, ids, prompts, start):
+        b, t = frames.shape[:2]
+        video = manual_image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
+        return scaled_logits(host, video, manual_text(host, ids, prompts, start))
+
+    return manual_logits
 
 
 def all_cases() -> list[HostCase]:

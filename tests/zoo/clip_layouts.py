@@ -3,11 +3,9 @@ average pooling) and the OpenAI layout, with the hand-written forward of ``tests
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
 from hosts import make_host, manual_image, manual_text
-from zoo import HostCase
+from zoo import HostCase, frame_averaged, scaled_logits
 
 
 def _tokenizer():
@@ -23,7 +21,7 @@ def _own_text(host, ids):
 def _own_logits(host, frames, ids):
     b, t = frames.shape[:2]
     video = host.encode_image(frames.flatten(0, 1)).view(b, t, -1).mean(1)
-    return host.logit_scale.exp() * F.normalize(video, dim=-1) @ F.normalize(host.encode_text(ids), dim=-1).t()
+    return scaled_logits(host, video, host.encode_text(ids))
 
 
 def _manual_text(host, ids, prompts, start):
@@ -31,11 +29,7 @@ def _manual_text(host, ids, prompts, start):
     return manual_text(host, ids, prompts)
 
 
-def _manual_logits(host, frames, ids, prompts, start):
-    b, t = frames.shape[:2]
-    video = manual_image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
-    text = _manual_text(host, ids, prompts, start)
-    return host.logit_scale.exp() * (F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t())
+_manual_logits = frame_averaged(manual_image, _manual_text)
 
 
 def _case(name, **kwargs):

@@ -15,7 +15,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from zoo import HostCase
+from zoo import HostCase, frame_averaged, scaled_logits, text_context
 
 try:
     import transformers
@@ -126,17 +126,13 @@ def _own_image(host, images):
     return _pooled(host.get_image_features(pixel_values=images))
 
 
-def _scaled(host, video, text):
-    logits = host.logit_scale.exp() * (F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t())
-    bias = getattr(host, "logit_bias", None)
-    return logits + bias if bias is not None else logits
 
 
 def _own_logits(host, frames, ids):
     """Image CLIPs: the frame-averaged image features against the class features (ViFi-CLIP)."""
     b, t = frames.shape[:2]
     video = _own_image(host, frames.flatten(0, 1)).view(b, t, -1).mean(1)
-    return _scaled(host, video, _own_text(host, ids))
+    return scaled_logits(host, video, _own_text(host, ids))
 
 
 def _own_xclip_logits(host, frames, ids):
@@ -145,12 +141,6 @@ def _own_xclip_logits(host, frames, ids):
 
 # ----------------------------------------------------------------------- prompted, by hand
 
-def _text_context(prompts, rows):
-    soft = prompts.ctx.unsqueeze(0).expand(rows, -1, -1)
-    if prompts.coupling is None:
-        return soft
-    hard = prompts.hard.unsqueeze(0).expand_as(soft)
-    return F.relu(F.linear(torch.cat([hard, soft], -1), prompts.coupling.weight, prompts.coupling.bias))
 
 
 def _put(x, tokens, a, b):
@@ -173,7 +163,7 @@ def _manual_text_states(text_model, ids, prompts, start, causal):
     """Final-norm hidden states of a prompted text tower, layer by layer."""
     n = prompts.ctx.shape[0]
     emb = text_model.embeddings
-    x = _put(emb.token_embedding(ids), _text_context(prompts, ids.shape[0]), start, start + n)
+    x = _put(emb.token_embedding(ids), text_context(prompts, ids.shape[0]), start, start + n)
     x = x + emb.position_embedding.weight[:ids.shape[1]]
     mask = None
     if causal:  # additive (N, 1, L, L) mask, as eager attention and SDPA both take it
@@ -238,13 +228,6 @@ def _manual_siglip_image(host, images, prompts):
     return v.head(v.post_layernorm(x))  # attention pooling over the patch tokens
 
 
-def _manual_logits_of(manual_image, manual_text):
-    def manual_logits(host, frames, ids, prompts, start):
-        b, t = frames.shape[:2]
-        video = manual_image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
-        return _scaled(host, video, manual_text(host, ids, prompts, start))
-
-    return manual_logits
 
 
 def _manual_xclip_logits(host, frames, ids, prompts, start):
@@ -270,10 +253,10 @@ def _cases() -> list[HostCase]:
                      frames=(FRAMES, 3, IMAGE, IMAGE))
     siglip_like = dict(clip_like, tokenizer=WordTokenizer, causal=False, own_logits=_own_logits,
                        manual_text=_manual_siglip_text,
-                       manual_logits=_manual_logits_of(_manual_siglip_image, _manual_siglip_text))
+                       manual_logits=frame_averaged(_manual_siglip_image, _manual_siglip_text))
     cases = [
         HostCase(name="hf-clip", build=_clip, own_logits=_own_logits, manual_text=_manual_clip_text,
-                 manual_logits=_manual_logits_of(_manual_clip_image, _manual_clip_text), **clip_like),
+                 manual_logits=frame_averaged(_manual_clip_image, _manual_clip_text), **clip_like),
         HostCase(name="hf-siglip", build=_siglip, **siglip_like),
         HostCase(name="hf-xclip", build=_xclip, own_logits=_own_xclip_logits, manual_text=_manual_clip_text,
                  manual_logits=_manual_xclip_logits, trainable=("mit", "prompts_generator"), **clip_like),

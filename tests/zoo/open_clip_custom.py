@@ -14,10 +14,9 @@ import zlib
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 from hosts import manual_text as manual_clip_text
-from zoo import HostCase
+from zoo import HostCase, frame_averaged, scaled_logits, text_context
 
 try:
     import open_clip
@@ -128,25 +127,16 @@ def _own_text(host, ids):
     return host.encode_text(ids, normalize=False)  # CoCa normalizes by default
 
 
-def _logits(host, video, text):
-    logits = host.logit_scale.exp() * (F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t())
-    return logits + host.logit_bias if host.logit_bias is not None else logits
 
 
 def _own_logits(host, frames, ids):
     b, t = frames.shape[:2]
     video = host.encode_image(frames.flatten(0, 1), normalize=False).view(b, t, -1).mean(1)
-    return _logits(host, video, _own_text(host, ids))
+    return scaled_logits(host, video, _own_text(host, ids))
 
 
 # ------------------------------------------------------------------ prompted, by hand
 
-def _context(prompts, rows):
-    soft = prompts.ctx.unsqueeze(0).expand(rows, -1, -1)
-    if prompts.coupling is None:
-        return soft
-    hard = prompts.hard.unsqueeze(0).expand_as(soft)
-    return F.relu(F.linear(torch.cat([hard, soft], -1), prompts.coupling.weight, prompts.coupling.bias))
 
 
 def _put(x, at, tokens):
@@ -159,7 +149,7 @@ def manual_text(host, ids, prompts, start):
     text = host.text
     n = prompts.ctx.shape[0]
     x = text.token_embedding(ids)
-    x = torch.cat([x[:, :start], _context(prompts, ids.shape[0]), x[:, start + n:]], 1)
+    x = torch.cat([x[:, :start], text_context(prompts, ids.shape[0]), x[:, start + n:]], 1)
     mask = text.attn_mask
     if text.cls_emb is not None:  # CoCa: a CLS appended, padding keys masked out (the CLS counts as valid)
         x = torch.cat([x, text.cls_emb.expand(x.shape[0], 1, -1)], 1)
@@ -247,13 +237,6 @@ def _clip_text(host, ids, prompts, start):
     return manual_clip_text(host, ids, prompts)
 
 
-def _manual(image, text):
-    def manual_logits(host, frames, ids, prompts, start):
-        b, t = frames.shape[:2]
-        video = image(host, frames.flatten(0, 1), prompts).view(b, t, -1).mean(1)
-        return _logits(host, video, text(host, ids, prompts, start))
-
-    return manual_logits
 
 
 def _unprompted_image(host, images, prompts):
@@ -263,7 +246,7 @@ def _unprompted_image(host, images, prompts):
 
 def _case(name, build, image, text=manual_text, tokenizer=_clip_tokenizer, **kwargs):
     return HostCase(name=name, build=build, tokenizer=tokenizer, own_text=_own_text, own_logits=_own_logits,
-                    manual_text=text, manual_logits=_manual(image, text), text_layers=LAYERS,
+                    manual_text=text, manual_logits=frame_averaged(image, text), text_layers=LAYERS,
                     vision_layers=LAYERS, checkpointing=lambda host, on: host.set_grad_checkpointing(on), **kwargs)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zoo import HostCase
+from zoo import HostCase, text_context
 from zoo.videox_models import GA2CLIP, NO_PROMPTS, XCLIP
 
 WIDTH, IMAGE, PATCH, CONTEXT, VOCAB, LAYERS, FRAMES = 32, 32, 8, 32, 49408, 3, 2
@@ -76,19 +76,13 @@ def _own_logits_ga2(host, frames, ids):
 
 # ------------------------------------------------------------------------ prompted, by hand
 
-def _text_context(prompts, rows):
-    soft = prompts.ctx.unsqueeze(0).expand(rows, -1, -1)
-    if prompts.coupling is None:
-        return soft
-    hard = prompts.hard.unsqueeze(0).expand_as(soft)
-    return F.relu(F.linear(torch.cat([hard, soft], -1), prompts.coupling.weight, prompts.coupling.bias))
 
 
 def manual_text(host, ids, prompts, start):
     """Both hosts' text towers (OpenAI layout, sequence-first blocks that hold the causal mask)."""
     n, rows = prompts.ctx.shape[0], ids.shape[0]
     x = host.token_embedding(ids)
-    x = torch.cat([x[:, :start], _text_context(prompts, rows), x[:, start + n:]], 1) + host.positional_embedding
+    x = torch.cat([x[:, :start], text_context(prompts, rows), x[:, start + n:]], 1) + host.positional_embedding
     x = x.transpose(0, 1)
     deep = list(prompts.text_deep)
     for layer, block in enumerate(host.transformer.resblocks):
