@@ -11,13 +11,20 @@ Methods (``--methods``; every trained one runs through :class:`promptcouple.trai
 * ``ga2-reference``: coupled to the hard prompt, anchors as the released code computes them (one
   anchor label "else", added through ``AnchorRegularizer.adjust_logits``): inert by construction;
 * ``ga2`` / ``ga2-negative``: coupled to the hard prompt, our anchor terms (consistency / negative);
-* ``coupling`` and ``anchors``: ablations (coupling only; IVLP + consistency anchors).
+* ``coupling`` and ``anchors``: ablations (coupling only; IVLP + consistency anchors);
+* ``ivlp+src`` and ``ga2+src``: IVLP and GA2 (ours) with the PromptSRC-style guards
+  (``promptcouple.guards``: feature and logit agreement with the frozen model on the training
+  clips, Gaussian prompt aggregation over the epochs).
 
 The hard prompt is the layer-0 context of IVLP prompts trained on the world's hard-prompt source
 (disjoint classes), cached in ``OUT/cache`` per world seed. Three training splits, the last epoch
-reported (never a best one), mean over splits; HM = 2BN/(B+N). Writes a markdown table, a JSON
-file (per method, dataset and split: base, novel, HM, seconds and the per-epoch curve) and a plot
-of base and novel accuracy over the epochs per method.
+reported (never a best one), mean over splits (and world seeds, ``--world-seeds 0 1 2``); HM =
+2BN/(B+N). Every method is compared with IVLP on the same cells (dataset x split x world seed):
+the mean paired HM difference with a 95% t interval over the cells, and a 95% paired bootstrap
+over the test clips (``benchmarks/stats.py``), as a table and one line per method. Writes a
+markdown table, a JSON file (per method, dataset, split and world seed: base, novel, HM, seconds,
+the per-epoch curve and every test clip's top-1 correctness), a plot of base, novel and HM over
+the epochs per method and one of base, novel and HM per dataset.
 
 Examples::
 
@@ -32,6 +39,7 @@ Timings measured on this project's 2-core CPU machine are in the JSON (``timing`
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from protocol import reports
@@ -39,7 +47,7 @@ from protocol.context import run_script, start
 from protocol.setting import make_parser, make_setting
 
 DEFAULT_METHODS = ("zero-shot", "coop", "ivlp", "kgcoop", "ga2-reference", "ga2", "ga2-negative", "coupling",
-                   "anchors")
+                   "anchors", "ivlp+src", "ga2+src")
 
 
 def ivlp_vs_zero_shot(table: dict) -> dict:
@@ -59,31 +67,65 @@ def ivlp_vs_zero_shot(table: dict) -> dict:
 def main(argv=None) -> dict:
     parser = make_parser(__doc__)
     parser.add_argument("--plot", default=None, help="PNG of the curves (default OUT/base2novel[_quick].png)")
+    parser.add_argument("--world-seeds", type=int, nargs="+", default=None,
+                        help="run every method on each of these generated worlds (default: --world-seed alone)")
     args = parser.parse_args(argv)
-    ctx = start(args, "base_to_novel", DEFAULT_METHODS, shots=[make_setting(args).shots])
-    s = ctx.setting
-    jobs = ctx.jobs("base_to_novel", [s.shots], eval_every=s.eval_every)
-    records = ctx.run(jobs, "base-to-novel")
+    seeds = list(dict.fromkeys(args.world_seeds or [args.world_seed]))
+    if len(seeds) > 1 and args.data_config is not None:
+        raise SystemExit("--world-seeds: only for the embedded world (not with --data-config)")
+    records, contexts = [], []
+    for seed in seeds:
+        seed_args = copy.copy(args)
+        seed_args.world_seed = seed
+        ctx = start(seed_args, "base_to_novel", DEFAULT_METHODS, shots=[make_setting(args).shots])
+        s = ctx.setting
+        jobs = ctx.jobs("base_to_novel", [s.shots], eval_every=s.eval_every)
+        if len(seeds) > 1:  # each world's runs in their own folders
+            for job in jobs:
+                cfg = job.config["config"]
+                cfg["run"]["output_dir"] = str(Path(cfg["run"]["output_dir"]) / f"w{seed}")
+        for rec in ctx.run(jobs, "base-to-novel" + (f", world {seed}" if len(seeds) > 1 else "")):
+            records.append({**rec, "world_seed": seed if args.data_config is None else None})
+        contexts.append(ctx)
+    ctx = contexts[-1]
+    ctx.t0 = contexts[0].t0
+    for other in contexts[:-1]:
+        for key, value in other.timing.items():
+            ctx.timing[key] = ctx.timing.get(key, 0.0) + value
     table = reports.base_novel_table(records, ctx.methods, ctx.datasets)
-    markdown = (f"Base-to-novel, top-1 % (Base / Novel / HM), mean of splits {ctx.splits}, last epoch "
-                f"({s.epochs} epochs, K={s.shots}):\n\n" + reports.format_base_novel(table, ctx.methods, ctx.datasets))
+    over = f"splits {ctx.splits}" + (f" x world seeds {seeds}" if len(seeds) > 1 else f", world seed {seeds[0]}")
+    markdown = (f"Base-to-novel, top-1 % (Base / Novel / HM), mean of {over}, last epoch "
+                f"({s.epochs} epochs, K={s.shots}, {s.test_per_class or 'all'} test clips per class):\n\n"
+                + reports.format_base_novel(table, ctx.methods, ctx.datasets))
     if len(ctx.splits) > 1:
         spread = {(m, d): v["hm_sd"] for m, row in table.items() for d, v in row.items() if "hm_sd" in v}
         rows = [(m.name, m.label) for m in ctx.methods if m.trained and m.name in table]
         markdown += ("\n\nSpread of HM over the splits (sample sd, points):\n\n"
                      + reports.format_grid(spread, rows, [(d, d) for d in ctx.datasets]))
+    paired = reports.paired_comparison(records, "ivlp")
+    if paired:
+        markdown += ("\n\nHM against IVLP, paired by cell (dataset x split x world seed), top-1 points:\n\n"
+                     + reports.format_comparison(paired, ctx.methods, "IVLP") + "\n\n"
+                     + "\n".join(reports.readings(paired, ctx.methods)))
     plot = Path(args.plot) if args.plot else ctx.out / f"base2novel{'_quick' if args.quick else ''}.png"
     made = reports.plot_curves(records, ctx.methods, plot,
-                               f"base (solid) and novel (dashed) top-1 over epochs, mean of {len(ctx.datasets)} "
-                               f"dataset(s) x {len(ctx.splits)} split(s); grey: frozen zero-shot")
+                               f"base (solid), novel (dashed) and HM (dotted) top-1 over epochs, mean of "
+                               f"{len(ctx.datasets)} dataset(s) x {len(ctx.splits)} split(s) x {len(seeds)} world(s); "
+                               "grey: frozen zero-shot")
+    bars = reports.plot_datasets(table, ctx.methods, ctx.datasets, plot.with_name(plot.stem + "_datasets.png"),
+                                 f"base, novel and HM per dataset, last epoch, mean of {over}")
     comparison = ivlp_vs_zero_shot(table)
     if comparison:
         markdown += (f"\n\nIVLP vs zero-shot (average): base {comparison['ivlp_base_gain']:+.1f} points, "
                      f"base-novel gap {comparison['gap_widening']:+.1f} points wider")
         if "ga2_hm_minus_ivlp_hm" in comparison:
             markdown += f"; GA2 (ours) HM - IVLP HM: {comparison['ga2_hm_minus_ivlp_hm']:+.1f}"
-    return ctx.finish("base2novel", {"runs": records, "table": table, "ivlp_vs_zero_shot": comparison,
-                                     "plot": str(made) if made else None}, markdown)
+    results = {"runs": records, "table": table, "ivlp_vs_zero_shot": comparison, "paired_vs_ivlp": paired,
+               "plot": str(made) if made else None, "plot_datasets": str(bars) if bars else None}
+    if args.data_config is None:
+        results.update(world_seed=seeds[0] if len(seeds) == 1 else seeds, world_seeds=seeds,
+                       hard_prompts_by_world_seed={str(w): c.hard_prompts for w, c in zip(seeds, contexts)})
+    return ctx.finish("base2novel", results, markdown)
 
 
 if __name__ == "__main__":

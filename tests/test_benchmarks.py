@@ -289,3 +289,59 @@ def test_text_consistency_term_is_added_to_the_loss(tmp_path):
     assert "text" not in off.step_module(frames, labels, off.datasets.classnames)[1]
     with pytest.raises(ConfigError, match=r"loss\.text_consistency: must be >= 0"):
         world_cfg(tmp_path, loss={"text_consistency": -1.0})
+
+
+# ------------------------------------------------------- intervals, world seeds, PromptSRC-style rows
+
+def test_base2novel_world_seeds_src_rows_and_paired_intervals(tmp_path):
+    doc = base2novel.main(TINY + ["--splits", "2", "--datasets", "whmdb", "--methods", "zero-shot", "ivlp",
+                                  "ivlp+src", "ga2+src", "--world-seeds", "0", "1", "--out", str(tmp_path)])
+    runs = doc["runs"]
+    assert sorted({(r["method"], r["world_seed"]) for r in runs}) == sorted(
+        (m, w) for m in ("zero-shot", "ivlp", "ivlp+src", "ga2+src") for w in (0, 1))
+    assert doc["world_seeds"] == [0, 1] and set(doc["hard_prompts_by_world_seed"]) == {"0", "1"}
+    for r in runs:  # every clip's correctness is kept, and it gives the reported accuracy
+        for part in ("base", "novel"):
+            bits = r["correct"][part]
+            assert len(bits) == 2 * 10 and set(bits) <= {"0", "1"}  # 2 test clips x 10 classes
+            assert 100 * bits.count("1") / len(bits) == pytest.approx(r[part])
+    # the +src rows train with both guards on
+    spec = run_config(METHODS["ga2+src"], Setting(), {"name": "tiny"}, {"world": {"dataset": "whmdb"}}, Path("x"),
+                      seed=0, hard_prompts="h.safetensors")["config"]
+    assert spec["optim"]["prompt_average"] is True and spec["loss"]["self_reg_text"] == 25.0
+    # 2 splits x 2 worlds = 4 cells per method, paired against IVLP; zero-shot stands in every split's cell
+    paired = doc["paired_vs_ivlp"]
+    assert set(paired) == {"zero-shot", "ivlp+src", "ga2+src"}
+    for entry in paired.values():
+        assert entry["cells"]["n"] == 4 and entry["clips"]["n"] == 4
+        assert entry["cells"]["low"] <= entry["cells"]["mean"] <= entry["cells"]["high"]
+    ivlp = {(r["world_seed"], r["split"]): r["hm"] for r in runs if r["method"] == "ivlp"}
+    mine = {(r["world_seed"], r["split"]): r["hm"] for r in runs if r["method"] == "ivlp+src"}
+    assert paired["ivlp+src"]["cells"]["mean"] == pytest.approx(sum(mine[k] - ivlp[k] for k in ivlp) / 4)
+    md = doc["markdown"]
+    assert "HM against IVLP, paired by cell" in md and "| IVLP + PromptSRC-style" in md
+    assert "ga2+src vs IVLP: " in md and "95% interval [" in md and "over test clips" in md
+    assert "x world seeds [0, 1]" in md
+    assert Path(doc["plot_datasets"]).stat().st_size > 0 and Path(doc["plot"]).stat().st_size > 0
+
+
+def test_paired_comparison_of_records_by_hand():
+    from protocol.reports import cells, paired_comparison, readings
+
+    def r(method, split, base, novel, world=0):
+        return {"method": method, "dataset": "d", "split": split, "world_seed": world, "shots": 16,
+                "base": 100 * base.count("1") / len(base), "novel": 100 * novel.count("1") / len(novel),
+                "hm": hm(100 * base.count("1") / len(base), 100 * novel.count("1") / len(novel)),
+                "correct": {"base": base, "novel": novel}, "seconds": 1}
+
+    records = [r("zero-shot", None, "1100", "1100"), r("ivlp", 1, "1110", "1000"), r("ivlp", 2, "1111", "1000"),
+               r("ga2", 1, "1110", "1100"), r("ga2", 2, "1111", "1100")]
+    hms, clips = cells(records)
+    assert set(hms["zero-shot"]) == {"d/s1/w0", "d/s2/w0"}  # the frozen row in each split's cell
+    assert clips["ga2"]["d/s1/w0"] == {"base": [1, 1, 1, 0], "novel": [1, 1, 0, 0]}
+    paired = paired_comparison(records, resamples=200)
+    d1, d2 = hm(75, 50) - hm(75, 25), hm(100, 50) - hm(100, 25)
+    assert paired["ga2"]["cells"]["mean"] == pytest.approx((d1 + d2) / 2)
+    assert paired["ga2"]["clips"]["mean"] == pytest.approx((d1 + d2) / 2)
+    (line,) = [x for x in readings(paired, resolve_methods(["ga2"], [])) if x.startswith("ga2")]
+    assert line.startswith(f"ga2 vs IVLP: {(d1 + d2) / 2:+.1f} HM, 95% interval [")

@@ -1,7 +1,7 @@
 """The methods of the tables, and the Trainer config each makes of a run.
 
 A method is nothing but a set of overrides of a :class:`promptcouple.train.TrainConfig`: prompt
-layout, hard prompt, anchor mode, text-consistency weight. Every trained number comes from
+layout, hard prompt, anchor mode, text-consistency weight, the PromptSRC-style guards. Every trained number comes from
 :class:`promptcouple.train.Trainer`; the zero-shot row is the frozen model with the template.
 """
 
@@ -28,6 +28,8 @@ class Method:
         hard: Couple the soft context to the hard prompt (GA2's coupling).
         anchors: Anchor mode (``consistency``, ``negative``, ``reference``) or ``None``.
         text_consistency: Weight of the KgCoOp-style term (0: off).
+        self_reg: PromptSRC-style guards: self-regularisation against the frozen model (the
+            setting's ``src_*`` weights) and Gaussian prompt aggregation over the epochs.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Method:
     hard: bool = False
     anchors: Optional[str] = None
     text_consistency: float = 0.0
+    self_reg: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -49,6 +52,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ga2-negative", "GA2, ours (coupling + negative anchors)", hard=True, anchors="negative"),
     Method("coupling", "ablation: coupling only", hard=True),
     Method("anchors", "ablation: anchors only (IVLP + consistency)", anchors="consistency"),
+    Method("ivlp+src", "IVLP + PromptSRC-style (self-regularisation, GPA)", self_reg=True),
+    Method("ga2+src", "GA2, ours + PromptSRC-style", hard=True, anchors="consistency", self_reg=True),
 )}
 
 
@@ -97,6 +102,10 @@ def run_config(method: Method, setting: Setting, model: dict, data: dict, out_di
         "run": {"output_dir": str(out_dir), "seed": seed, "precision": setting.precision,
                 "device": setting.device, "progress": False},
     }
+    if method.self_reg:
+        cfg["loss"].update(self_reg_text=setting.src_text, self_reg_vision=setting.src_vision,
+                           self_reg_kl=setting.src_kl)
+        cfg["optim"]["prompt_average"] = True
     if anchors is not None:
         cfg["anchors"] = anchors
     return {"config": cfg, "base_dir": str(base_dir) if base_dir is not None else None}

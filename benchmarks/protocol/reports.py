@@ -1,4 +1,5 @@
-"""What the records become: means over splits, markdown tables, the curves plot, the results JSON."""
+"""What the records become: means over splits, paired intervals against IVLP, markdown tables, the
+plots, the results JSON."""
 
 from __future__ import annotations
 
@@ -78,6 +79,99 @@ def format_base_novel(table: dict, methods: Sequence[Method], datasets: Sequence
     return "\n".join(lines)
 
 
+def cells(records: Sequence[dict]) -> tuple[dict, dict]:
+    """Per method, its HM and per-clip correctness in every cell (dataset, split, world seed).
+
+    The frozen zero-shot row has no training split: its one record per dataset and world seed
+    stands in every split's cell of that dataset (the test clips do not depend on the split).
+
+    Returns:
+        ``({method: {cell: HM}}, {method: {cell: {"base": [0/1], "novel": [0/1]}}})``, cells as
+        ``"dataset/s1/w0"`` strings.
+    """
+    splits: dict[tuple, set] = {}
+    for r in records:
+        if r.get("split") is not None:
+            splits.setdefault((r["dataset"], r.get("world_seed", 0)), set()).add(r["split"])
+    hms: dict[str, dict] = {}
+    clips: dict[str, dict] = {}
+    for r in records:
+        if "hm" not in r:
+            continue
+        w = r.get("world_seed", 0)
+        for split in ([r["split"]] if r.get("split") is not None else sorted(splits.get((r["dataset"], w), ()))):
+            cell = f"{r['dataset']}/s{split}/w{w}"
+            hms.setdefault(r["method"], {})[cell] = r["hm"]
+            if "correct" in r:
+                clips.setdefault(r["method"], {})[cell] = {k: [int(c) for c in r["correct"][k]] for k in ("base", "novel")}
+    return hms, clips
+
+
+def paired_comparison(records: Sequence[dict], reference: str = "ivlp", *, resamples: int = 2000) -> dict:
+    """Every method's HM minus ``reference``'s, paired by cell: the mean with its 95% t interval
+    over cells and the 95% paired bootstrap over test clips (:func:`stats.compare_methods`).
+
+    Returns:
+        ``{method: {"cells": interval, "clips": interval}}`` (empty without the reference).
+    """
+    import stats  # benchmarks/stats.py, beside this package
+
+    hms, clips = cells(records)
+    if reference not in hms:
+        return {}
+    return stats.compare_methods(hms, reference, clips, resamples=resamples)
+
+
+def _interval(iv: Optional[dict]) -> str:
+    if iv is None:
+        return "-"
+    if not math.isfinite(iv["low"]):
+        return "(one cell: none)"
+    return f"[{iv['low']:+.1f}, {iv['high']:+.1f}]"
+
+
+def format_comparison(comparison: dict, methods: Sequence[Method], reference_label: str) -> str:
+    """The paired differences as a markdown table, one row per method."""
+    lines = [f"| method | HM - {reference_label} | 95% interval over cells (n) | 95% bootstrap over test clips "
+             "| interval over cells excludes 0 |", "|---|---|---|---|---|"]
+    for m in methods:
+        c = comparison.get(m.name)
+        if c is None:
+            continue
+        cell = c["cells"]
+        lines.append(f"| {m.label} | {cell['mean']:+.1f} | {_interval(cell)} ({cell['n']}) | "
+                     f"{_interval(c.get('clips'))} | {'yes' if cell['excludes_zero'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def _excludes_zero(iv: dict) -> bool:
+    return iv["low"] > 0 or iv["high"] < 0
+
+
+def readings(comparison: dict, methods: Sequence[Method], reference_short: str = "IVLP") -> list[str]:
+    """One line per method: ``GA2 vs IVLP: +x HM, 95% interval [a, b] ...`` and what it says."""
+    out = []
+    for m in methods:
+        c = comparison.get(m.name)
+        if c is None:
+            continue
+        cell, clip = c["cells"], c.get("clips")
+        if cell["excludes_zero"]:
+            verdict = (f"{'better' if cell['mean'] > 0 else 'worse'} than {reference_short} "
+                       "(the interval over cells excludes 0)")
+        elif clip is not None and _excludes_zero(clip):
+            verdict = (f"{'above' if clip['mean'] > 0 else 'below'} {reference_short} on these test clips only "
+                       "(the interval over cells includes 0)")
+        else:
+            verdict = f"not distinguishable from {reference_short} (both intervals include 0)"
+        line = (f"{m.name} vs {reference_short}: {cell['mean']:+.1f} HM, 95% interval {_interval(cell)} over "
+                f"{cell['n']} cell(s)")
+        if clip is not None:
+            line += f", {_interval(clip)} over test clips"
+        out.append(f"{line}: {verdict}")
+    return out
+
+
 def format_grid(values: dict, rows: Sequence[tuple[str, str]], cols: Sequence[tuple[Any, str]],
                 digits: int = 1) -> str:
     """A markdown table of numbers: ``values[(row_key, col_key)]`` (``-`` where missing)."""
@@ -113,12 +207,12 @@ def plot_curves(records: Sequence[dict], methods: Sequence[Method], path: Path, 
             for p in r["curve"]:
                 by_epoch.setdefault(p["epoch"], []).append(p)
         epochs = sorted(e for e, ps in by_epoch.items() if len(ps) == len(rs))  # every run has the point
-        for metric, style in (("base", "-o"), ("novel", "--o")):
+        for metric, style in (("base", "-o"), ("novel", "--o"), ("hm", ":s")):
             ax.plot(epochs, [statistics.fmean(p[metric] for p in by_epoch[e]) for e in epochs], style,
                     label=metric, markersize=3)
         if zs:
             datasets = {r["dataset"] for r in rs}
-            for metric, ls in (("base", "-"), ("novel", "--")):
+            for metric, ls in (("base", "-"), ("novel", "--"), ("hm", ":")):
                 v = statistics.fmean(r[metric] for r in zs if r["dataset"] in datasets)
                 ax.axhline(v, color="grey", linestyle=ls, linewidth=1, label=f"zero-shot {metric}")
         ax.set_title(m.label, fontsize=9)
@@ -130,6 +224,43 @@ def plot_curves(records: Sequence[dict], methods: Sequence[Method], path: Path, 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:  # a file object: the format comes from the name's ending
+        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
+    plt.close(fig)
+    return path
+
+
+def plot_datasets(table: dict, methods: Sequence[Method], datasets: Sequence[str], path: Path,
+                  title: str) -> Optional[Path]:
+    """Base, novel and HM of every method, one panel per dataset and one for the average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in methods if m.name in table]
+    if not shown:
+        return None
+    panels = list(datasets) + ["average"]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * len(shown) * cols + 2, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    width = 0.27
+    for ax, d in zip(axes.flat, panels):
+        xs = range(len(shown))
+        for j, (metric, colour) in enumerate((("base", "tab:blue"), ("novel", "tab:orange"), ("hm", "tab:green"))):
+            vals = [table[m.name].get(d, {}).get(metric, float("nan")) for m in shown]
+            ax.bar([x + (j - 1) * width for x in xs], vals, width, label=metric, color=colour)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([m.name for m in shown], rotation=60, ha="right", fontsize=7)
+        ax.set_title(d, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
         fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
     plt.close(fig)
     return path

@@ -2,7 +2,11 @@
 
 Every trained number comes from :class:`promptcouple.train.Trainer`; the zero-shot row is
 :class:`promptcouple.world.model.ZeroShotClassifier`, scored by the same evaluation as the
-trained prompts.
+trained prompts. Both are scored by :func:`score_sets`, which keeps each test clip's top-1
+correctness (``"0110..."`` per evaluation set, in the set's order) so that intervals over clips
+can be recomputed from the JSON; the Trainer's evaluations during training go through it
+(:class:`ScoringTrainer`), and the final one too where the Trainer calls ``evaluate_all``
+(otherwise the final prompts are scored once more).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from promptcouple.constants import ZERO_SHOT_TEMPLATE
-from promptcouple.train import TrainConfig, Trainer, build_wrapper, evaluate_config, evaluate_sets, setup_distributed
-from promptcouple.train.data import build_datasets
+from promptcouple.train import TrainConfig, Trainer, build_wrapper, hm, setup_distributed
+from promptcouple.train.data import Datasets, build_datasets
+from promptcouple.train.step import autocast
 from promptcouple.world.model import ZeroShotClassifier
 
 from .methods import METHODS, run_config
@@ -58,12 +63,66 @@ class Job:
     threads: int = 1
 
 
-def _metrics(ev: dict) -> dict:
-    """Top-1 numbers of one evaluation: base/novel/hm, or top1 of a single set."""
+def _metrics(ev: dict, correct: bool = False) -> dict:
+    """Top-1 numbers of one evaluation: base/novel/hm, or top1 of a single set; with ``correct``
+    also the per-clip correctness strings (``{"correct": {set: "0110..."}}``)."""
     if "hm" in ev:
-        return {"base": ev["base"]["top1"], "novel": ev["novel"]["top1"], "hm": ev["hm"]}
-    sets = [v for v in ev.values() if isinstance(v, dict)]
-    return {"top1": sets[0]["top1"]} if sets else {}  # no evaluation set (a hard-prompt source list)
+        out = {"base": ev["base"]["top1"], "novel": ev["novel"]["top1"], "hm": ev["hm"]}
+    else:
+        sets = [v for v in ev.values() if isinstance(v, dict)]
+        out = {"top1": sets[0]["top1"]} if sets else {}  # no evaluation set (a hard-prompt source list)
+    if correct:
+        clips = {name: v["correct"] for name, v in ev.items() if isinstance(v, dict) and "correct" in v}
+        if clips:
+            out["correct"] = clips
+    return out
+
+
+@torch.no_grad()
+def score_sets(model: torch.nn.Module, datasets: Datasets, cfg: TrainConfig) -> dict:
+    """:func:`promptcouple.train.evaluate_sets` in one process, keeping each clip's correctness.
+
+    The same computation (views' softmax or logits averaged per clip, top-k of the scores): per
+    set ``{"top1", "top5", "num_clips", "num_classes", "correct": "0110..."}``, and ``hm``.
+    """
+    e = cfg.eval
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {}
+    try:
+        for name, ev in datasets.evals.items():
+            classnames = list(ev.classnames)
+            k = min(5, len(classnames))
+            top1, top5 = [], []
+            loader = torch.utils.data.DataLoader(ev.dataset, batch_size=e.batch_size, shuffle=False)
+            for frames, labels in loader:
+                frames = frames.to(device)
+                if frames.ndim == 5:
+                    frames = frames.unsqueeze(1)
+                b, v = frames.shape[:2]
+                with autocast(cfg.run.precision, device):
+                    logits = model(frames.flatten(0, 1), classnames)
+                logits = logits.float().view(b, v, -1)
+                scores = logits.softmax(-1).mean(1) if e.reduce == "softmax" else logits.mean(1)
+                top = scores.topk(k, dim=-1).indices.cpu()
+                top1 += (top[:, 0] == labels).tolist()
+                top5 += (top == labels[:, None]).any(1).tolist()
+            n = max(len(top1), 1)
+            out[name] = {"top1": 100.0 * sum(top1) / n, "top5": 100.0 * sum(top5) / n, "num_clips": len(top1),
+                         "num_classes": len(classnames), "correct": "".join("1" if c else "0" for c in top1)}
+    finally:
+        model.train(was_training)
+    if datasets.base_to_novel:
+        out["hm"] = hm(out["base"]["top1"], out["novel"]["top1"])
+    return out
+
+
+class ScoringTrainer(Trainer):
+    """The Trainer, with its evaluations scored by :func:`score_sets` (per-clip correctness kept)."""
+
+    def evaluate_all(self) -> dict:
+        return score_sets(self.wrapper, self.datasets, self.cfg)
 
 
 def _config(spec: dict) -> TrainConfig:
@@ -73,11 +132,12 @@ def _config(spec: dict) -> TrainConfig:
 def _evaluate(cfg: TrainConfig, template: str, prompts: Optional[str] = None) -> dict:
     """The config's evaluation sets scored with a prompt file, or (``None``) with the frozen model
     and the hand-crafted template."""
-    if prompts is not None:
-        return evaluate_config(cfg, prompts)
     ctx = setup_distributed(cfg.run.device)
-    classifier = ZeroShotClassifier.from_wrapper(build_wrapper(cfg, ctx.device), template)
-    return evaluate_sets(classifier, build_datasets(cfg, train=False), cfg, ctx=ctx)
+    if prompts is not None:
+        model = build_wrapper(cfg, ctx.device, prompts=prompts)
+    else:
+        model = ZeroShotClassifier.from_wrapper(build_wrapper(cfg, ctx.device), template)
+    return score_sets(model, build_datasets(cfg, train=False), cfg)
 
 
 @contextlib.contextmanager
@@ -105,14 +165,20 @@ def run_job(job: Job) -> dict:
         prompts = None
         if job.trained:
             shutil.rmtree(cfg.run.output_dir, ignore_errors=True)  # our own run of a previous invocation
-            results = Trainer(cfg).fit()
+            trainer = ScoringTrainer(cfg)
+            results = trainer.fit()
             prompts = results["prompts"]
             final = _metrics(results["eval"])
+            scored = results["eval"]
+            if not all("correct" in v for v in scored.values() if isinstance(v, dict)):
+                # the Trainer's final evaluation did not go through evaluate_all: score once more
+                scored = score_sets(trainer.wrapper, trainer.datasets, cfg)
             curve = [{"epoch": h["epoch"], **_metrics(h["eval"])} for h in results["history"] if "eval" in h]
             record = {**final, "curve": curve + [{"epoch": results["epochs"], **final}],
-                      "train_seconds": results["time_s"], "prompts": prompts}
+                      "train_seconds": results["time_s"], "prompts": prompts,
+                      **{k: v for k, v in _metrics(scored, correct=True).items() if k == "correct"}}
         else:
-            record = _metrics(_evaluate(cfg, job.template))
+            record = _metrics(_evaluate(cfg, job.template), correct=True)
         for name, spec in job.extra_evals.items():
             record.setdefault("transfer", {})[name] = _metrics(_evaluate(_config(spec), job.template, prompts))
     record["seconds"] = time.perf_counter() - t0
