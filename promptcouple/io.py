@@ -13,6 +13,16 @@ Tensor keys are stable and name the place a tensor enters the model::
 
 String metadata: ``format``, ``format_version``, ``promptcouple_version``, ``config`` (JSON),
 ``text_width``, ``vision_width``, ``coupled``, and ``host`` (the layout it was trained on).
+Files written by a training run also carry what ``promptcouple predict`` needs to use them with
+nothing else (:data:`RUN_INFO_KEYS`, all optional)::
+
+    classnames        JSON list     the training classes, in label order
+    eval_classnames   JSON object   evaluation set name -> its classes (``val``, or ``base`` and ``novel``)
+    backbone          JSON object   model ``name``, ``pretrained`` (tag or file), ``backbone_checkpoint``,
+                                    ``sha256`` of each local file, ``seed`` (random built-in models)
+    num_frames        integer       frames per clip
+    image_size        integer       frame side in pixels
+    eval_views        JSON object   ``num_clips``, ``num_crops``, ``reduce``, ``precision`` of evaluation
 """
 
 from __future__ import annotations
@@ -87,8 +97,31 @@ def wrapper_tensors(wrapper) -> dict[str, torch.Tensor]:
 HOST_PREFIX = "host."
 
 
+# What a training run records about itself (see the module docstring); JSON-encoded unless integers.
+RUN_INFO_KEYS = ("classnames", "eval_classnames", "backbone", "num_frames", "image_size", "eval_views")
+
+
+def _run_metadata(run_info: Optional[dict]) -> dict[str, str]:
+    out = {}
+    for key, value in (run_info or {}).items():
+        if key not in RUN_INFO_KEYS:
+            raise ValueError(f"run_info: unknown key {key!r}; expected some of {list(RUN_INFO_KEYS)}")
+        if value is not None:
+            out[key] = str(int(value)) if key in ("num_frames", "image_size") else json.dumps(value)
+    return out
+
+
+def run_info_of(metadata: dict[str, str]) -> dict:
+    """The :data:`RUN_INFO_KEYS` a file's metadata holds, decoded (absent keys are left out)."""
+    out = {}
+    for key in RUN_INFO_KEYS:
+        if key in metadata:
+            out[key] = int(metadata[key]) if key in ("num_frames", "image_size") else json.loads(metadata[key])
+    return out
+
+
 def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: str = "",
-              train_host: Sequence[str] = ()) -> dict[str, str]:
+              train_host: Sequence[str] = (), run_info: Optional[dict] = None) -> dict[str, str]:
     from promptcouple import __version__
 
     vision = tensors.get("vision.ctx")
@@ -102,21 +135,31 @@ def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: st
         "coupled": json.dumps("coupling.weight" in tensors),
         "host": host,
         "train_host": json.dumps(list(train_host)),
+        **_run_metadata(run_info),
     }
 
 
 def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: CouplingConfig,
-                      host: str = "", train_host: Sequence[str] = ()) -> None:
-    """Write tensors + metadata atomically: a crash leaves either the old file or the new one."""
+                      host: str = "", train_host: Sequence[str] = (), run_info: Optional[dict] = None) -> None:
+    """Write tensors + metadata atomically: a crash leaves either the old file or the new one.
+
+    The file gets the umask's permissions, as any other program's output (see :mod:`promptcouple.fileio`).
+    ``run_info``: what the training run records (:data:`RUN_INFO_KEYS`), all optional.
+    """
     from safetensors.torch import save
 
     data = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host, train_host)))
+    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host, train_host, run_info)))
 
 
-def save_prompts(wrapper, path: PathLike) -> None:
-    """Save a wrapper's prompts (with hard prompt and config) to ``path``."""
-    write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host)
+def save_prompts(wrapper, path: PathLike, *, run_info: Optional[dict] = None) -> None:
+    """Save a wrapper's prompts (with hard prompt and config) to ``path``.
+
+    ``run_info``: class names, backbone, frames and image size of the run (:data:`RUN_INFO_KEYS`),
+    so that ``promptcouple predict`` can use the file alone; the Trainer passes them.
+    """
+    write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host,
+                      run_info=run_info)
 
 
 def check_tensor_values(name: str, tensor, where: str) -> None:
@@ -303,6 +346,18 @@ def cli_main(argv: Optional[list[str]] = None) -> int:
     for key in sorted(pf.tensors):
         print(f"  {key:<18} {tuple(pf.tensors[key].shape)}")
     for key, value in sorted(pf.metadata.items()):
-        if key != "config":
+        if key != "config" and key not in RUN_INFO_KEYS:
             print(f"  [{key}] {value}")
+    info = run_info_of(pf.metadata)
+    if not info:
+        print("  (no run information: class names and backbone are not recorded; "
+              "files written by `promptcouple train` carry them)")
+    for key, value in info.items():
+        if key == "classnames":
+            value = f"{len(value)}: {', '.join(value)}"
+        elif key == "eval_classnames":
+            value = "; ".join(f"{name} ({len(names)}): {', '.join(names)}" for name, names in value.items())
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        print(f"  [{key}] {value}")
     return 0
