@@ -34,6 +34,7 @@ cfg.yaml``; override any value with ``--set optim.lr=2e-3``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,9 @@ class OptimConfig:
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         eps: AdamW epsilon.
-        warmup_epochs: Epochs of linear warm-up (may be fractional).
+        warmup_epochs: Epochs of linear warm-up (may be fractional), at most ``epochs``; one as
+            long as the run (the default 2 with ``epochs: 2``) would never let the rate decay, so
+            it is scaled to a tenth of the run, with a warning.
         epochs: Training epochs.
         batch_size: Clips per rank and micro-step; the global batch is
             ``batch_size * world_size * grad_accum``.
@@ -369,7 +372,17 @@ class TrainConfig:
         need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
         need(o.epochs >= 1, "optim.epochs", f"must be >= 1, got {o.epochs}")
         need(0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
-             f"must be in [0, optim.epochs={o.epochs}], got {o.warmup_epochs} (short runs need a shorter warm-up)")
+             f"must be in [0, optim.epochs={o.epochs}], got {o.warmup_epochs}: a warm-up longer than the run; "
+             f"fix: --set optim.warmup_epochs={o.epochs / 10:g} (a tenth of the run) or 0 (none)")
+        if 0 < o.warmup_epochs == o.epochs:
+            # The default (2) on a 2-epoch run, or a warm-up clamped to the run: the learning rate
+            # would rise for the whole run and never decay. Scaled rather than refused, loudly.
+            scaled = o.epochs / 10
+            logging.getLogger(__name__).warning(
+                "optim.warmup_epochs=%g is as long as the run (optim.epochs=%d), so the learning rate would never "
+                "decay; using %g warm-up epochs (a tenth of the run) instead; set optim.warmup_epochs below "
+                "optim.epochs to choose", o.warmup_epochs, o.epochs, scaled)
+            o.warmup_epochs = scaled
         need(o.batch_size >= 1, "optim.batch_size", f"must be >= 1, got {o.batch_size}")
         need(o.grad_accum >= 1, "optim.grad_accum", f"must be >= 1, got {o.grad_accum}")
         need(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {o.grad_clip}")
