@@ -116,7 +116,8 @@ def test_train_writes_outputs_and_makes_progress(data, tmp_path):
     results = train(cfg)
     out = tmp_path / "run"
     assert results["status"] == "finished" and results["global_step"] == 16  # 16 clips / 4 per step x 4 epochs
-    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "log.jsonl", "results.json", "prompts.safetensors"}
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "log.jsonl", "results.json", "prompts.safetensors",
+                                               "config.yaml", "eval"}
     assert json.loads((out / "results.json").read_text())["eval"] == results["eval"]
     history = [h["loss"] for h in results["history"]]
     assert history[-1] < history[0], history  # colour-coded classes: training must make progress
@@ -241,7 +242,7 @@ def test_failed_checkpoint_write_keeps_previous(data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "log.jsonl"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.yaml", "log.jsonl"]  # no temp file left
     t = Trainer(resume_config(data, tmp_path, run={"stop_after_epochs": 1}), resume=True)
     assert t.start_epoch == 1
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -15,14 +18,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from promptcouple.fileio import PathLike, atomic_write_text
+from promptcouple.fileio import PathLike, atomic_write, atomic_write_text
 from promptcouple.train.config import PROMPTS, ConfigError, TrainConfig, check_files, load_config
 from promptcouple.train.data import Datasets, build_datasets
-from promptcouple.train.distributed import DistContext, current_context, setup_distributed, teardown_distributed
+from promptcouple.train.distributed import (DistContext, current_context, is_main_process, setup_distributed,
+                                            teardown_distributed)
 from promptcouple.train.hosts import build_wrapper
 from promptcouple.train.step import TrainStep, autocast
 
 logger = logging.getLogger(__name__)
+
+METRICS = "metrics.json"  # what an evaluation writes into its report folder, beside each set's files
+REPORT_PARTS = ("predictions.csv", "per_class.csv", "confusion.png")
 
 
 def hm(base: float, novel: float) -> float:
@@ -39,37 +46,77 @@ def format_eval(ev: dict) -> str:
     return "; ".join(parts)
 
 
-@torch.no_grad()
-def evaluate(model: Union[nn.Module, TrainConfig, PathLike], dataset: Dataset, classnames: Sequence[str], *,
-             prompts: Optional[PathLike] = None, batch_size: int = 8, reduce: str = "softmax",
-             precision: str = "fp32", device: Union[str, torch.device, None] = None, num_workers: int = 0,
-             progress: bool = False, ctx: Optional[DistContext] = None) -> dict:
-    """Top-1 / top-5 accuracy (percent) of prompted classification over a dataset.
+@dataclass
+class Predictions:
+    """Per-clip results of an evaluation: each clip's top classes and their scores.
 
-    Items are ``(frames, label)`` with frames ``(V, T, 3, H, W)`` (or ``(T, 3, H, W)``, one view); the
-    views' softmax outputs (``reduce="softmax"``) or logits (``"logits"``) are averaged per clip.
-    In a process group every rank scores a shard (DistributedSampler) and the results are gathered,
-    with the sampler's padding removed, so every clip counts exactly once.
+    Scores are the views' mean softmax probabilities (``reduce="softmax"``) or mean logits
+    (``"logits"``); ``top[i]`` holds the ``min(5, K)`` best class ids of clip ``i``, best first.
 
-    Args:
-        model: A ``CouplingPromptWrapper`` (or DDP around one), or a config / YAML path: then the
-            configured model is wrapped with the prompt file ``prompts`` (default
-            ``run.output_dir/prompts.safetensors``), whose own prompt config and hard prompt apply.
-        dataset: The evaluation set.
-        classnames: Names its labels index (base classes only for base accuracy, novel only for
-            novel accuracy).
-        prompts: Prompt file to load when ``model`` is a config.
-        batch_size: Clips per batch and rank.
-        reduce: ``"softmax"`` or ``"logits"``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
-        device: Where to run (default: the model's device).
-        num_workers: DataLoader workers.
-        progress: Show a progress bar (rank 0).
-        ctx: Distributed context (default: the current process group, if any).
-
-    Returns:
-        ``{"top1", "top5", "num_clips", "num_classes"}``.
+    Attributes:
+        classnames: The classes scored. ``indices``: dataset index of each clip. ``labels``: true class ids.
+        top: Top class ids per clip. ``scores``: their scores. ``reduce``: how the views were combined.
+        videos: A name per clip (the video path for list datasets, else the dataset index).
     """
+
+    classnames: list[str]
+    indices: list[int]
+    labels: list[int]
+    top: list[list[int]]
+    scores: list[list[float]]
+    reduce: str = "softmax"
+    videos: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def metrics(self) -> dict:
+        """``{"top1", "top5", "num_clips", "num_classes"}`` (percent)."""
+        n = len(self)
+        top1 = sum(t[0] == y for y, t in zip(self.labels, self.top))
+        top5 = sum(y in t for y, t in zip(self.labels, self.top))
+        return {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "num_clips": n,
+                "num_classes": len(self.classnames)}
+
+    def confusion(self) -> torch.Tensor:
+        """``(K, K)`` counts: row = true class, column = predicted class."""
+        k = len(self.classnames)
+        m = torch.zeros(k, k, dtype=torch.long)
+        for y, t in zip(self.labels, self.top):
+            m[y, t[0]] += 1
+        return m
+
+    def per_class(self) -> list[dict]:
+        """Top-1 accuracy (percent) of each class: ``{"class", "clips", "top1"}`` in class order
+        (``top1`` is ``None`` for a class without clips)."""
+        m = self.confusion()
+        clips = m.sum(1).tolist()
+        return [{"class": name, "clips": c, "top1": 100.0 * m[i, i].item() / c if c else None}
+                for i, (name, c) in enumerate(zip(self.classnames, clips))]
+
+
+def score_views(model: nn.Module, frames: torch.Tensor, classnames: Sequence[str], *, reduce: str = "softmax",
+                precision: str = "fp32") -> torch.Tensor:
+    """``(B, K)`` scores of ``frames`` ``(B, V, T, 3, H, W)``: the views' mean probabilities
+    (``reduce="softmax"``) or mean logits (``"logits"``). Evaluation and ``predict`` both score here."""
+    b, v = frames.shape[:2]
+    with autocast(precision, frames.device):
+        logits = model(frames.flatten(0, 1), list(classnames))
+    logits = logits.float().view(b, v, -1)
+    return logits.softmax(-1).mean(1) if reduce == "softmax" else logits.mean(1)
+
+
+def _video_names(dataset: Dataset, indices: Sequence[int]) -> list[str]:
+    path = getattr(dataset, "path", None)
+    return [str(path(i)) for i in indices] if callable(path) else [str(i) for i in indices]
+
+
+@torch.no_grad()
+def predict_clips(model: Union[nn.Module, TrainConfig, PathLike], dataset: Dataset, classnames: Sequence[str], *,
+                  prompts: Optional[PathLike] = None, batch_size: int = 8, reduce: str = "softmax",
+                  precision: str = "fp32", device: Union[str, torch.device, None] = None, num_workers: int = 0,
+                  progress: bool = False, ctx: Optional[DistContext] = None) -> Predictions:
+    """Every clip's top classes and scores; the arguments are :func:`evaluate`'s."""
     if reduce not in ("softmax", "logits"):
         raise ValueError(f"reduce={reduce!r}: expected 'softmax' or 'logits'")
     if isinstance(model, (TrainConfig, str, os.PathLike)):
@@ -95,15 +142,12 @@ def evaluate(model: Union[nn.Module, TrainConfig, PathLike], dataset: Dataset, c
                 frames = frames.to(device, non_blocking=True)
                 if frames.ndim == 5:
                     frames = frames.unsqueeze(1)
-                b, v = frames.shape[:2]
-                with autocast(precision, device):
-                    logits = wrapper(frames.flatten(0, 1), classnames)
-                logits = logits.float().view(b, v, -1)
-                scores = logits.softmax(-1).mean(1) if reduce == "softmax" else logits.mean(1)
-                top = scores.topk(k, dim=-1).indices.cpu()
-                for j in range(b):
-                    rows.append((indices[pos + j], int(labels[j]), top[j].tolist()))
-                pos += b
+                scores = score_views(wrapper, frames, classnames, reduce=reduce, precision=precision)
+                top = scores.topk(k, dim=-1)
+                values, ids = top.values.cpu(), top.indices.cpu()
+                for j in range(frames.shape[0]):
+                    rows.append((indices[pos + j], int(labels[j]), ids[j].tolist(), values[j].tolist()))
+                pos += frames.shape[0]
                 bar.update(1)
     finally:
         wrapper.train(was_training)
@@ -111,50 +155,171 @@ def evaluate(model: Union[nn.Module, TrainConfig, PathLike], dataset: Dataset, c
         gathered = [None] * ctx.world_size
         dist.all_gather_object(gathered, rows)
         rows = [r for part in gathered for r in part]
-    unique = {idx: (label, top) for idx, label, top in rows}  # the sampler pads with repeats
-    n = len(unique)
-    top1 = sum(top[0] == label for label, top in unique.values())
-    top5 = sum(label in top for label, top in unique.values())
-    return {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "num_clips": n,
-            "num_classes": len(classnames)}
+    unique = {r[0]: r for r in rows}  # the sampler pads with repeats
+    rows = [unique[i] for i in sorted(unique)]
+    order = [r[0] for r in rows]
+    return Predictions(classnames, order, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                       reduce, _video_names(dataset, order))
+
+
+def evaluate(model: Union[nn.Module, TrainConfig, PathLike], dataset: Dataset, classnames: Sequence[str], *,
+             prompts: Optional[PathLike] = None, batch_size: int = 8, reduce: str = "softmax",
+             precision: str = "fp32", device: Union[str, torch.device, None] = None, num_workers: int = 0,
+             progress: bool = False, ctx: Optional[DistContext] = None) -> dict:
+    """Top-1 / top-5 accuracy (percent) of prompted classification over a dataset.
+
+    Items are ``(frames, label)`` with frames ``(V, T, 3, H, W)`` (or ``(T, 3, H, W)``, one view); the
+    views' softmax outputs (``reduce="softmax"``) or logits (``"logits"``) are averaged per clip.
+    In a process group every rank scores a shard (DistributedSampler) and the results are gathered,
+    with the sampler's padding removed, so every clip counts exactly once. :func:`predict_clips`
+    gives the per-clip results behind these numbers.
+
+    Args:
+        model: A ``CouplingPromptWrapper`` (or DDP around one, or a ``ZeroShotClassifier``), or a
+            config / YAML path: then the configured model is wrapped with the prompt file ``prompts``
+            (default ``run.output_dir/prompts.safetensors``), whose own prompt config and hard prompt apply.
+        dataset: The evaluation set.
+        classnames: Names its labels index (base classes only for base accuracy, novel only for
+            novel accuracy).
+        prompts: Prompt file to load when ``model`` is a config.
+        batch_size: Clips per batch and rank.
+        reduce: ``"softmax"`` or ``"logits"``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        device: Where to run (default: the model's device).
+        num_workers: DataLoader workers.
+        progress: Show a progress bar (rank 0).
+        ctx: Distributed context (default: the current process group, if any).
+
+    Returns:
+        ``{"top1", "top5", "num_clips", "num_classes"}``.
+    """
+    return predict_clips(model, dataset, classnames, prompts=prompts, batch_size=batch_size, reduce=reduce,
+                         precision=precision, device=device, num_workers=num_workers, progress=progress,
+                         ctx=ctx).metrics()
+
+
+def write_report(predictions: Predictions, folder: PathLike, name: str) -> list[Path]:
+    """Write ``{name}_predictions.csv`` (one row per clip: video, true and predicted class, the top
+    classes with their scores), ``{name}_per_class.csv`` (top-1 per class) and
+    ``{name}_confusion.png`` into ``folder``; returns the paths written."""
+    folder = Path(folder)
+    names = predictions.classnames
+    k = max((len(t) for t in predictions.top), default=0)
+    score = "probability" if predictions.reduce == "softmax" else "logit"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video", "true_class", "predicted_class", "correct"]
+               + [c for i in range(1, k + 1) for c in (f"class_{i}", f"{score}_{i}")])
+    for video, y, top, scores in zip(predictions.videos, predictions.labels, predictions.top, predictions.scores):
+        w.writerow([video, names[y], names[top[0]], int(top[0] == y)]
+                   + [c for t, s in zip(top, scores) for c in (names[t], f"{s:.6g}")])
+    paths = [folder / f"{name}_{part}" for part in REPORT_PARTS]
+    atomic_write_text(paths[0], buf.getvalue())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class_id", "class", "clips", "top1"])
+    for i, row in enumerate(predictions.per_class()):
+        w.writerow([i, row["class"], row["clips"], "" if row["top1"] is None else f"{row['top1']:.2f}"])
+    atomic_write_text(paths[1], buf.getvalue())
+    _plot_confusion(predictions, paths[2], title=name)
+    return paths
+
+
+def report_files(set_names) -> list[str]:
+    """The file names :func:`write_report` writes for each evaluation set."""
+    return [f"{n}_{part}" for n in set_names for part in REPORT_PARTS]
+
+
+def _plot_confusion(predictions: Predictions, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend stays as it is
+
+    m = predictions.confusion().float()
+    rows = m.sum(1, keepdim=True).clamp(min=1)
+    k = m.shape[0]
+    side = min(4 + 0.25 * k, 16)
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    image = ax.imshow((m / rows).numpy(), vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    if k <= 50:  # beyond that the names are unreadable; the per-class CSV names them
+        ax.set_xticks(range(k), predictions.classnames, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), predictions.classnames, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}: top-1 {predictions.metrics()['top1']:.1f}% ({len(predictions)} clips)")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
 def evaluate_sets(wrapper: nn.Module, datasets: Datasets, cfg: TrainConfig, *,
-                  ctx: Optional[DistContext] = None) -> dict:
-    """Evaluate on each of ``datasets.evals``; with base and novel sets also report HM of top-1."""
+                  ctx: Optional[DistContext] = None, report_dir: Optional[PathLike] = None) -> dict:
+    """Evaluate on each of ``datasets.evals``; with base and novel sets also report HM of top-1.
+
+    ``report_dir``: also write each set's per-clip predictions, per-class accuracy and confusion
+    matrix there (:func:`write_report`; rank 0). The results are the same either way.
+    """
     e = cfg.eval
     out = {}
     for name, ev in datasets.evals.items():
-        out[name] = evaluate(wrapper, ev.dataset, ev.classnames, batch_size=e.batch_size, reduce=e.reduce,
-                             precision=cfg.run.precision,
-                             num_workers=cfg.data.num_workers, progress=cfg.run.progress, ctx=ctx)
+        pred = predict_clips(wrapper, ev.dataset, ev.classnames, batch_size=e.batch_size, reduce=e.reduce,
+                             precision=cfg.run.precision, num_workers=cfg.data.num_workers,
+                             progress=cfg.run.progress, ctx=ctx)
+        out[name] = pred.metrics()
+        if report_dir is not None and (ctx.is_main if ctx is not None else is_main_process()):
+            write_report(pred, report_dir, name)
     if datasets.base_to_novel:
         out["hm"] = hm(out["base"]["top1"], out["novel"]["top1"])
     return out
 
 
-def evaluate_config(config: Union[TrainConfig, PathLike], prompts: PathLike, *,
-                    output: Optional[PathLike] = None) -> dict:
-    """Wrap the configured model with the prompt file ``prompts`` (its own prompt config and hard
-    prompt) and evaluate on every configured evaluation set.
+def zero_shot_classifier(wrapper: nn.Module) -> nn.Module:
+    """The frozen backbone inside ``wrapper``, prompts off, scored with the hand-crafted template."""
+    from promptcouple.world.model import ZeroShotClassifier
 
-    Runs under ``torchrun`` as well (every rank scores a shard). Rank 0 writes ``output`` (JSON).
+    return ZeroShotClassifier.from_wrapper(wrapper)
+
+
+def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[PathLike] = None, *,
+                    output: Optional[PathLike] = None, report_dir: Optional[PathLike] = None) -> dict:
+    """Wrap the configured model with the prompt file ``prompts`` (its own prompt config and hard
+    prompt) and evaluate on every configured evaluation set; ``prompts=None``: zero-shot, the frozen
+    backbone with the hand-crafted template (``"a video of a {}."``).
+
+    Runs under ``torchrun`` as well (every rank scores a shard). Rank 0 writes ``output`` (JSON)
+    and, with ``report_dir``, ``metrics.json`` and each set's report (:func:`write_report`) there.
     """
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     check_files(cfg)
-    if not os.path.isfile(prompts):
-        raise ConfigError(f"--prompts: {str(prompts)!r} does not exist")
+    if prompts is not None and not os.path.isfile(prompts):
+        raise ConfigError(f"--prompts: {str(prompts)!r} does not exist; expected a prompt file "
+                          "(run.output_dir/prompts.safetensors of a finished run); fix: check the path")
     datasets = build_datasets(cfg, train=False)
     if not datasets.evals:
         raise ConfigError("data: no evaluation set configured (data.val_list, data.novel_list or data.world)")
     ctx = setup_distributed(cfg.run.device)
     try:
-        wrapper = build_wrapper(cfg, ctx.device, prompts=prompts)
-        results = evaluate_sets(wrapper, datasets, cfg, ctx=ctx)
         if ctx.is_main:
+            sets = ", ".join(f"{n} {len(ev.dataset)} clips / {len(ev.classnames)} classes"
+                             for n, ev in datasets.evals.items())
+            what = f"prompts {prompts}" if prompts is not None else "zero-shot (frozen backbone, no prompts)"
+            logger.info("eval: %s on %s; model %s; %s; device %s x %d", what, sets, cfg.model.name,
+                        f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
+        wrapper = build_wrapper(cfg, ctx.device, prompts=prompts)
+        model = wrapper if prompts is not None else zero_shot_classifier(wrapper)
+        results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=report_dir)
+        if ctx.is_main:
+            record = {"prompts": str(prompts) if prompts is not None else None, "eval": results}
+            written = []
             if output is not None:
-                atomic_write_text(output, json.dumps({"prompts": str(prompts), "eval": results}, indent=2) + "\n")
+                atomic_write_text(output, json.dumps(record, indent=2) + "\n")
+                written.append(str(output))
+            if report_dir is not None:
+                atomic_write_text(Path(report_dir) / METRICS, json.dumps(record, indent=2) + "\n")
+                written.append(f"{report_dir}/ ({', '.join([METRICS] + report_files(datasets.evals))})")
             logger.info("%s", format_eval(results))
+            if written:
+                logger.info("saved to %s", "; ".join(written))
         return results
     finally:
         teardown_distributed(ctx)

@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from promptcouple.anchors import AnchorRegularizer
+from promptcouple.errors import PromptcoupleError
 from promptcouple.fileio import PathLike, atomic_write_text
 from promptcouple.guards import GaussianPromptAverage, SelfRegularizer
 from promptcouple.text_consistency import TextConsistencyRegularizer
@@ -41,6 +42,7 @@ from promptcouple.train.data import Datasets, build_datasets
 from promptcouple.train.distributed import all_mean, setup_distributed, teardown_distributed
 from promptcouple.train.evaluation import evaluate_sets, format_eval
 from promptcouple.train.hosts import build_wrapper
+from promptcouple.train.lock import RunLock
 from promptcouple.train.seeding import epoch_seed, seed_everything, seed_worker
 from promptcouple.train.step import TrainStep, autocast
 
@@ -76,18 +78,24 @@ class JsonlLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def truncate_after_epoch(self, epochs_done: int) -> None:
-        """Drop lines of epochs a resumed run repeats (they were lost with the interrupted epoch)."""
-        if not (self.enabled and self.path.exists()):
-            return
-        kept = []
+    def truncate_after_epoch(self, epochs_done: int) -> list[dict]:
+        """Drop lines of epochs a resumed run repeats (they were lost with the interrupted epoch);
+        with ``epochs_done=0`` (no checkpoint yet) every line goes, the start record too, since the
+        run starts again. Returns the records kept (every rank reads; rank 0 rewrites)."""
+        if not self.path.exists():
+            return []
+        kept, records = [], []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("epoch", 0) <= epochs_done:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut by the kill
-                pass
-        atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+                continue
+            if epochs_done > 0 and record.get("epoch", 0) <= epochs_done:
+                kept.append(line)
+                records.append(record)
+        if self.enabled:
+            atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+        return records
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -141,7 +149,7 @@ class Trainer:
         try:
             self._setup(resume)
         except BaseException:
-            teardown_distributed(self.ctx)
+            self._release()
             raise
 
     # -------------------------------------------------------------------------------- set-up
@@ -160,10 +168,20 @@ class Trainer:
             except ValueError as err:
                 raise ConfigError(f"anchors: {err} (anchors.batch_size={cfg.anchors.batch_size})") from None
         self.output_dir = Path(cfg.run.output_dir)
+        # The lock comes before anything is read or written there: a second run into the folder
+        # is refused while the first one writes it.
+        self.lock = RunLock(self.output_dir)
+        self._take_lock()
         ckpt_path = self.output_dir / CHECKPOINT
         if ckpt_path.exists() and not resume:
             raise ConfigError(f"run.output_dir: {str(self.output_dir)!r} already holds a checkpoint; pass "
                               "--resume to continue that run, or choose another output directory")
+        self.finished, ckpt = None, None
+        if resume and ckpt_path.exists():
+            ckpt = self._resume_checkpoint(ckpt_path)
+            self.finished = self._finished_results(ckpt)
+            if self.finished is not None:  # a resubmitted job: nothing to do, nothing to change
+                return
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -223,18 +241,56 @@ class Trainer:
 
         self.log = JsonlLog(self.output_dir / LOG, ctx.is_main)
         self.start_epoch, self.global_step = 0, 0
-        if resume:
-            self._resume(ckpt_path)
+        self._history: list[dict] = []  # epoch records of the epochs a resumed run does not repeat
+        if ckpt is not None:
+            self._resume(ckpt_path, ckpt)
+        else:
+            if resume:
+                self._log(f"--resume: no checkpoint at {ckpt_path} yet; starting from epoch 1")
+            self.log.truncate_after_epoch(0)  # the lines of a run killed before its first checkpoint
 
-    def _resume(self, path: Path) -> None:
-        if not path.exists():
-            self._log(f"--resume: no checkpoint at {path} yet; starting from epoch 1")
-            return
+    def _take_lock(self) -> None:
+        """Rank 0 takes the run folder's lock; under torchrun every rank learns whether it did."""
+        error = None
+        if self.ctx.is_main:
+            try:
+                self.lock.acquire()
+            except PromptcoupleError as err:
+                error = err
+        if self.ctx.distributed:
+            shared = [error]
+            dist.broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error is not None:
+            raise error
+
+    def _release(self) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+        teardown_distributed(self.ctx)
+
+    def _resume_checkpoint(self, path: Path) -> dict:
+        """The checkpoint to resume from, refused if the config changed what it trains."""
         ckpt = load_checkpoint(path, map_location="cpu")
         diffs = _resume_differences(ckpt["config"], self.cfg.to_dict())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in what it trains: "
                               f"{'; '.join(diffs)}; restore those values or start a new run.output_dir")
+        return ckpt
+
+    def _finished_results(self, ckpt: dict) -> Optional[dict]:
+        """The results of the run if it had finished (all epochs, results written), else ``None``."""
+        results_path = self.output_dir / RESULTS
+        if int(ckpt["epoch"]) < self.cfg.optim.epochs or not results_path.is_file():
+            return None
+        try:
+            results = json.loads(results_path.read_text())
+        except (OSError, ValueError):
+            return None  # a results file cut short: the final evaluation runs again and rewrites it
+        return results if isinstance(results, dict) and results.get("status") == "finished" else None
+
+    def _resume(self, path: Path, ckpt: dict) -> None:
         if ckpt["world_size"] != self.ctx.world_size:
             warnings.warn(f"resuming a run of {ckpt['world_size']} process(es) with {self.ctx.world_size}: "
                           "the global batch and data order change, so the result will not match an "
@@ -249,7 +305,8 @@ class Trainer:
         rng = ckpt["rng"][self.ctx.rank] if self.ctx.rank < len(ckpt["rng"]) else ckpt["rng"][0]
         set_rng_state(rng, self.data_generator)
         self.start_epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        self.log.truncate_after_epoch(self.start_epoch)
+        kept = self.log.truncate_after_epoch(self.start_epoch)
+        self._history = [r for r in kept if r.get("kind") == "epoch"]
         self._log(f"resumed from {path}: {self.start_epoch} epoch(s), {self.global_step} step(s) done")
 
     def _log(self, msg: str) -> None:
@@ -390,6 +447,11 @@ class Trainer:
         """
         cfg, ctx = self.cfg, self.ctx
         try:
+            if self.finished is not None:
+                self._log(f"--resume: the run in {self.output_dir} has finished ({cfg.optim.epochs} epochs; results in "
+                          f"{self.output_dir / RESULTS}); nothing to do, nothing changed. To train again, choose "
+                          "another run.output_dir")
+                return self.finished
             t0 = time.perf_counter()
             epochs = cfg.optim.epochs
             stop_at = epochs if cfg.run.stop_after_epochs is None else \
@@ -399,7 +461,7 @@ class Trainer:
                                trainable_parameters=self.wrapper.num_trainable_parameters(),
                                global_batch=cfg.optim.batch_size * ctx.world_size * cfg.optim.grad_accum,
                                time=time.time())
-            history = []
+            history = list(self._history)
             for epoch in range(self.start_epoch, stop_at):
                 with tqdm(total=self.micro_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                           disable=not (ctx.is_main and cfg.run.progress)) as bar:
@@ -436,7 +498,7 @@ class Trainer:
                 self._log(format_eval(results["eval"]))
             return results
         finally:
-            teardown_distributed(ctx)
+            self._release()
 
 
 def train(config: Union[TrainConfig, PathLike], *, resume: bool = False) -> dict:
