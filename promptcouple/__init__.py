@@ -25,6 +25,7 @@ __all__ = [
     "TextConsistencyRegularizer",
     "UnsupportedHostError",
     "convert_checkpoint",
+    "load_video",
     "load_prompts",  # deprecated: read_prompt_file
     "read_prompt_file",
     "save_prompts",
@@ -32,9 +33,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The converter pulls in torch.load machinery only when asked for.
+    # The converter (torch.load machinery) and the video decoders (PyAV, torchvision) load only when asked for.
     if name == "convert_checkpoint":
         from promptcouple.convert import convert_checkpoint
 
         return convert_checkpoint
+    if name == "load_video":
+        from promptcouple.data import load_video
+
+        return load_video
     raise AttributeError(f"module 'promptcouple' has no attribute {name!r}")

@@ -24,6 +24,7 @@ from .lists import (
     write_label_csv,
     write_video_list,
 )
+from .load import load_video
 from .loader import anchor_loader, cycle
 from .sampling import clip_indices, segment_indices
 from .splits import (
@@ -48,6 +49,7 @@ __all__ = [
     "write_label_csv",
     "write_video_list",
     "read_video_frames",
+    "load_video",
     "read_frame_folder",
     "segment_indices",
     "clip_indices",
