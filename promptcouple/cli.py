@@ -1,4 +1,9 @@
-"""The `promptcouple` command: one subcommand per task, each implemented beside the code it drives."""
+"""promptcouple: prompt-tune CLIP-style video models the GA2-CLIP way, evaluate them, classify videos.
+
+Typical use: `promptcouple train cfg.yaml`, then `promptcouple eval runs/NAME` and
+`promptcouple predict clip.mp4 --prompts runs/NAME/prompts.safetensors`.
+`promptcouple COMMAND --help` describes each command.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +17,29 @@ from typing import Callable, Iterator, Optional
 
 # subcommand -> (module, function taking argv, one-line help). Imported lazily so `--help` stays fast.
 COMMANDS = {
-    "convert": ("promptcouple.convert", "cli_main", "convert a GA2-CLIP / ViFi-CLIP checkpoint into a prompt file"),
-    "inspect": ("promptcouple.io", "cli_main", "print the config, shapes and metadata of a prompt file"),
     "train": ("promptcouple.train.cli", "train_main", "train prompts from a YAML config (torchrun-ready)"),
-    "eval": ("promptcouple.train.cli", "eval_main", "evaluate prompts from a YAML config"),
+    "eval": ("promptcouple.train.cli", "eval_main", "evaluate prompts (or zero-shot) on a run's or a config's data"),
+    "predict": ("promptcouple.predict", "cli_main", "classify a video file or a folder of videos with a prompt file"),
+    "inspect": ("promptcouple.io", "cli_main", "print the config, shapes, class names and backbone of a prompt file"),
+    "convert": ("promptcouple.convert", "cli_main", "convert a GA2-CLIP / ViFi-CLIP checkpoint into a prompt file"),
     "split": ("promptcouple.data.splits", "cli_main", "base/novel class splits and K-shot training lists"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="promptcouple", description=__doc__)
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in COMMANDS.items()))
+    parser = argparse.ArgumentParser(prog="promptcouple", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="commands:\n" + "\n".join(f"  {k:<9} {v[2]}" for k, v in COMMANDS.items()))
+    parser.add_argument("--version", action="version", version=f"promptcouple {_version()}")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also: PROMPTCOUPLE_DEBUG=1)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
+        return 0
+    if argv[0] == "--version":
+        print(f"promptcouple {_version()}")
         return 0
     debug = "--debug" in argv or os.environ.get("PROMPTCOUPLE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -36,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     with log_to_stdout():
         return run_command(f"promptcouple {args.command}", lambda: getattr(importlib.import_module(module), func)(
             argv[1:]), debug=debug)
+
+
+def _version() -> str:
+    from promptcouple import __version__
+
+    return __version__
 
 
 def run_command(prog: str, command: Callable[[], Optional[int]], *, debug: bool = False) -> int:

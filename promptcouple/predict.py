@@ -1,0 +1,249 @@
+"""Classify video files with a prompt file: ``promptcouple predict`` and :class:`Predictor`.
+
+The model is rebuilt from what the prompt file records (backbone, frames, image size, class
+names; ``promptcouple inspect`` shows them) or from the resolved ``config.yaml`` of the run folder
+it sits in, and every video is read and scored as ``promptcouple eval`` reads and scores its clips
+(:func:`promptcouple.load_video`, :func:`promptcouple.train.evaluation.score_views`), so the
+probabilities are the ones evaluation computes::
+
+    promptcouple predict clip.mp4 --prompts runs/hmdb_s1/prompts.safetensors
+    promptcouple predict videos/ --prompts prompts.safetensors --classes "archery,bowling,yoga" --json out.json
+
+From Python::
+
+    from promptcouple.predict import Predictor
+    predictor = Predictor("runs/hmdb_s1/prompts.safetensors")
+    for p in predictor.predict(["clip.mp4"]):
+        print(p.video, p.top[0])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from promptcouple.fileio import PathLike, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Recorded class sets that --classes can name instead of a file or a list.
+CLASS_SETS = ("train", "val", "base", "novel", "all")
+
+
+@dataclass
+class VideoPrediction:
+    """One video's result: ``top`` = ``[(class, probability), ...]`` best first, ``probabilities`` over
+    all classes in order; ``error`` instead when the video could not be read."""
+
+    video: str
+    top: list = field(default_factory=list)
+    probabilities: list = field(default_factory=list)
+    error: Optional[str] = None
+
+    def to_dict(self, classnames: Sequence[str]) -> dict:
+        if self.error is not None:
+            return {"video": self.video, "error": self.error}
+        return {"video": self.video, "top": [{"class": c, "probability": p} for c, p in self.top],
+                "probabilities": dict(zip(classnames, self.probabilities))}
+
+
+def video_files(path: PathLike) -> list[Path]:
+    """``path`` itself, or the video files under the folder ``path`` (recursively, sorted)."""
+    from promptcouple.data import VIDEO_EXTENSIONS
+
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a video file or a folder of videos")
+    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+    if not found:
+        raise FileNotFoundError(f"{str(path)!r} holds no video files (looked for {', '.join(VIDEO_EXTENSIONS)}, "
+                                "recursively); fix: give a video file or a folder that holds some")
+    return found
+
+
+def resolve_classes(classes: Union[None, str, Sequence[str]], info: dict) -> tuple[list[str], str]:
+    """The class names to score and where they came from.
+
+    ``classes``: ``None`` (the training classes the prompt file records), a label CSV (``id,name``),
+    ``"a,b,c"``, a list of names, or a recorded set: ``train``, ``val``, ``base``, ``novel``, ``all``
+    (every recorded class, training classes first).
+    """
+    recorded = {"train": info.get("classnames")}
+    recorded.update(info.get("eval_classnames") or {})
+    if recorded["train"] is not None or len(recorded) > 1:
+        names = [n for s in recorded.values() if s for n in s]
+        recorded["all"] = list(dict.fromkeys(names))
+    if classes is None:
+        if recorded["train"] is None:
+            raise ValueError("the prompt file records no class names (written before promptcouple recorded them, or "
+                             "by `promptcouple convert`); fix: --classes labels.csv or --classes 'a,b,c'")
+        return list(recorded["train"]), "the training classes recorded in the prompt file"
+    if not isinstance(classes, str):
+        names, source = [str(c) for c in classes], "given"
+    elif os.path.isfile(classes):
+        from promptcouple.data import read_label_csv
+
+        names, source = read_label_csv(classes), classes
+    elif classes in CLASS_SETS:
+        if recorded.get(classes) is None:
+            have = [k for k, v in recorded.items() if v]
+            raise ValueError(f"--classes {classes}: the prompt file records no {classes!r} classes "
+                             f"(it records: {', '.join(have) or 'none'}); fix: name a label CSV or list the classes")
+        names, source = list(recorded[classes]), f"the recorded {classes!r} classes"
+    else:
+        names, source = [n.strip() for n in classes.split(",") if n.strip()], "--classes"
+    if len(names) < 2:
+        raise ValueError(f"--classes {classes!r}: found {len(names)} class name(s), expected at least two; fix: a "
+                         f"label CSV that exists, 'a,b,c', or one of {', '.join(CLASS_SETS)}")
+    return names, source
+
+
+class Predictor:
+    """A prompt file's model, ready to classify video files as evaluation would.
+
+    Args:
+        prompts: The prompt file.
+        classes: The classes to score (see :func:`resolve_classes`; default: the training classes).
+        config: A config (YAML path or :class:`TrainConfig`) that overrides what the prompt file
+            and its run folder say about the backbone, frames, image size and views.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...
+        batch_size: Videos per forward pass.
+
+    Raises:
+        ConfigError: No way to rebuild the backbone, or one that differs from the recorded one.
+        ValueError: Bad class names.
+    """
+
+    def __init__(self, prompts: PathLike, *, classes: Union[None, str, Sequence[str]] = None,
+                 config=None, device: str = "auto", batch_size: int = 8):
+        from promptcouple.io import read_prompt_file, run_info_of
+        from promptcouple.train.config import TrainConfig, load_config
+        from promptcouple.train.hosts import build_wrapper
+        from promptcouple.train.run_info import config_from_run_info, run_config_path
+
+        pf = read_prompt_file(prompts)
+        info = run_info_of(pf.metadata)
+        if isinstance(config, TrainConfig):
+            cfg, self.config_source = config, "the given config"
+        elif config is not None:
+            cfg, self.config_source = load_config(config), str(config)
+        elif run_config_path(prompts) is not None:
+            found = run_config_path(prompts)
+            cfg, self.config_source = load_config(found), str(found)
+        else:
+            cfg, self.config_source = config_from_run_info(info), "the prompt file's run information"
+        self.cfg = cfg
+        self.classnames, self.classes_source = resolve_classes(classes, info)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.prompts = str(prompts)
+        self.wrapper = build_wrapper(cfg, self.device, prompts=prompts).eval()
+
+    def summary(self, num_videos: Optional[int] = None) -> str:
+        c, e = self.cfg, self.cfg.eval
+        videos = f"{num_videos} video(s), " if num_videos is not None else ""
+        return (f"predict: {videos}{len(self.classnames)} classes ({self.classes_source}); model {c.model.name}, "
+                f"{c.data.num_frames} frames of {c.data.image_size}px, {e.num_clips}x{e.num_crops} views "
+                f"(from {self.config_source}); device {self.device}")
+
+    def load(self, path: PathLike) -> torch.Tensor:
+        """``(V, T, 3, S, S)`` views of one video, read as evaluation reads it."""
+        from promptcouple.data import load_video
+
+        c = self.cfg
+        frames = load_video(path, c.data.num_frames, c.data.image_size, num_clips=c.eval.num_clips,
+                            num_crops=c.eval.num_crops)
+        return frames if frames.ndim == 5 else frames.unsqueeze(0)
+
+    @torch.no_grad()
+    def probabilities(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` class probabilities of ``(B, V, T, 3, S, S)`` views: with ``eval.reduce: softmax``
+        the views' mean probabilities (what evaluation ranks), with ``logits`` the softmax of the mean logits."""
+        from promptcouple.train.evaluation import score_views
+
+        reduce = self.cfg.eval.reduce
+        scores = score_views(self.wrapper, frames.to(self.device), self.classnames, reduce=reduce,
+                             precision=self.cfg.run.precision)
+        return scores if reduce == "softmax" else scores.softmax(-1)
+
+    def predict(self, paths: Sequence[PathLike], topk: int = 5, progress: bool = False) -> list[VideoPrediction]:
+        """Classify video files; one that cannot be decoded gets an ``error`` (and a warning) instead."""
+        from promptcouple.data import DECODE_ERRORS
+
+        k = min(topk, len(self.classnames))
+        out: list[VideoPrediction] = []
+        batch: list[tuple[str, torch.Tensor]] = []
+
+        def flush() -> None:
+            probs = self.probabilities(torch.stack([f for _, f in batch])).cpu()
+            for (video, _), p in zip(batch, probs):
+                top = p.topk(k)
+                out.append(VideoPrediction(video, [(self.classnames[i], float(v)) for v, i in
+                                                   zip(top.values.tolist(), top.indices.tolist())], p.tolist()))
+            batch.clear()
+
+        for path in tqdm(paths, desc="predict", leave=False, disable=not progress):
+            try:
+                batch.append((str(path), self.load(path)))
+            except DECODE_ERRORS as err:
+                logger.warning("cannot decode %s: %s: %s; skipped (re-encode the file, or check that PyAV reads it)",
+                               path, type(err).__name__, err)
+                if batch:
+                    flush()
+                out.append(VideoPrediction(str(path), error=f"{type(err).__name__}: {err}"))
+                continue
+            if len(batch) == self.batch_size:
+                flush()
+        if batch:
+            flush()
+        return out
+
+
+def cli_main(argv: Optional[list[str]] = None) -> int:
+    """Classify a video file, or every video in a folder, with a prompt file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="promptcouple predict", description=cli_main.__doc__,
+        epilog="The backbone, frames, image size and class names come from the prompt file (promptcouple "
+               "inspect shows them) or from the config.yaml of the run folder it sits in.")
+    parser.add_argument("videos", metavar="VIDEO_OR_FOLDER", help="a video file, or a folder of videos (recursive)")
+    parser.add_argument("--prompts", required=True, help="prompt file (.safetensors) written by promptcouple train")
+    parser.add_argument("--classes", default=None,
+                        help="classes to score: a label CSV (id,name), 'a,b,c', or a recorded set "
+                             f"({', '.join(CLASS_SETS)}); default: the training classes")
+    parser.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
+    parser.add_argument("--json", default=None, metavar="OUT.json", help="also write every probability here")
+    parser.add_argument("--config", default=None, help="YAML config naming the backbone, if the prompt file "
+                                                       "does not (converted files)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
+    args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error(f"--topk must be >= 1, got {args.topk}")
+
+    files = video_files(args.videos)
+    predictor = Predictor(args.prompts, classes=args.classes, config=args.config, device=args.device,
+                          batch_size=args.batch_size)
+    logger.info("%s", predictor.summary(len(files)))
+    results = predictor.predict(files, topk=args.topk, progress=True)
+    for r in results:
+        shown = f"error: {r.error}" if r.error else ", ".join(f"{c} {p:.3f}" for c, p in r.top)
+        print(f"{r.video}: {shown}")
+    if args.json is not None:
+        record = {"prompts": args.prompts, "classes": predictor.classnames,
+                  "predictions": [r.to_dict(predictor.classnames) for r in results]}
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+        logger.info("saved to %s", args.json)
+    return 1 if any(r.error for r in results) else 0
