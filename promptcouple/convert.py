@@ -9,6 +9,7 @@ was trained with (it is not saved there) and writes the prompt file.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -16,8 +17,9 @@ import torch
 
 from promptcouple.adapters.checkpoints import extract_state_dict, read_checkpoint, reference_prompt_tensors
 from promptcouple.config import CouplingConfig
+from promptcouple.errors import CheckpointError, OutputConflictError, PromptFileError
 from promptcouple.fileio import PathLike
-from promptcouple.io import PromptFile, read_prompt_file, write_prompt_file
+from promptcouple.io import PromptFile, check_prompt_tensors, read_prompt_file, write_prompt_file
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], *,
@@ -49,18 +51,41 @@ def convert_checkpoint(src: PathLike, dst: Optional[PathLike] = None, *, trust: 
         hard_prompts: The hard prompt a coupled GA2-CLIP checkpoint was trained with (a tensor,
             a prompt file, or a GA2-CLIP hard-prompt checkpoint), stored so the file is complete.
     """
+    if dst is not None:
+        inputs = [src] + ([hard_prompts] if isinstance(hard_prompts, (str, os.PathLike)) else [])
+        _check_destination(dst, inputs)
     fmt, tensors, config = _convert_file(src, trust=trust)
     if hard_prompts is not None:
         if "coupling.weight" not in tensors:
-            raise ValueError(f"{src} has no coupling layer, so a hard prompt has no place in it")
+            raise CheckpointError(f"{src} has no coupling layer (prompt_learner.proj_b2n_VPT), so a hard prompt "
+                                  "has no place in it; convert it without --hard-prompt")
         hard = _hard_prompt_tensor(hard_prompts, trust=trust)
         if tuple(hard.shape) != tuple(tensors["text.ctx"].shape):
-            raise ValueError(f"hard prompt of shape {tuple(hard.shape)}, the checkpoint's context is "
-                             f"{tuple(tensors['text.ctx'].shape)}")
+            raise PromptFileError(f"{hard_prompts if not torch.is_tensor(hard_prompts) else 'hard_prompts'}: hard "
+                                  f"prompt of shape {tuple(hard.shape)}, the checkpoint's context is "
+                                  f"{tuple(tensors['text.ctx'].shape)}; pass the hard prompt this checkpoint was "
+                                  "trained with")
         tensors["text.hard"] = hard.float()
+    # Everything a load would check, checked before anything is written.
+    try:
+        check_prompt_tensors(tensors, config, str(src))
+    except PromptFileError as err:
+        raise CheckpointError(f"cannot convert: {err}") from None
     if dst is not None:
         write_prompt_file(dst, tensors, config, host=f"converted from {fmt}")
     return PromptFile(tensors, config, {"source_format": fmt})
+
+
+def _check_destination(dst: PathLike, inputs: list) -> None:
+    """Refuse a destination that is a directory or one of the inputs (it would be replaced)."""
+    dst = Path(dst)
+    if dst.is_dir():
+        raise OutputConflictError(f"destination {dst} is a directory; give a file name, e.g. {dst / 'prompts.safetensors'}")
+    for source in inputs:
+        source = Path(source)
+        if dst.resolve() == source.resolve() or (dst.exists() and source.exists() and os.path.samefile(dst, source)):
+            raise OutputConflictError(f"destination {dst} is also an input ({source}): converting would replace it; "
+                                      "give another destination file")
 
 
 def _hard_prompt_tensor(source, *, trust: bool) -> torch.Tensor:

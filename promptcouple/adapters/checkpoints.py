@@ -69,9 +69,13 @@ def read_checkpoint(path: PathLike, *, trust: bool = False) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {err}") from None
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic != b"PK" and not magic.startswith(b"\x80"):  # torch's zip format, or a legacy pickle
@@ -144,6 +148,9 @@ def reference_prompt_tensors(state: Mapping[str, Any]) -> tuple[str, dict[str, t
     if fmt is None:
         raise CheckpointError(f"unknown checkpoint format: none of the marker keys {sorted(PROMPT_MARKERS)} found "
                               f"(first keys: {sorted(state)[:8]}); expected a GA2-CLIP or ViFi-CLIP checkpoint")
+    for key, value in state.items():
+        if _is_prompt_key(key) and not torch.is_tensor(value):
+            raise CheckpointError(f"{fmt} checkpoint: {key!r} is a {type(value).__name__}, expected a tensor")
     ctx = state["prompt_learner.ctx_VPT" if fmt == "ga2-clip" else "prompt_learner.ctx"]
     if ctx.ndim != 2:
         raise CheckpointError(f"text context of shape {tuple(ctx.shape)}: only a shared (n_ctx, width) context "
@@ -157,7 +164,12 @@ def reference_prompt_tensors(state: Mapping[str, Any]) -> tuple[str, dict[str, t
         tensors.update({f"vision.deep.{i}": p for i, p in vision_deep.items()})
     elif vision_deep:
         raise CheckpointError("deep vision prompts without the layer-0 vision prompt (…VPT): incomplete checkpoint")
-    if _COUPLING + "weight" in state:
+    coupling = [k for k in (_COUPLING + "weight", _COUPLING + "bias") if k in state]
+    if len(coupling) == 1:
+        absent = ({_COUPLING + "weight", _COUPLING + "bias"} - set(coupling)).pop()
+        raise CheckpointError(f"{fmt} checkpoint: {coupling[0]!r} without {absent!r}: the coupling layer is incomplete "
+                              "(a damaged or hand-edited checkpoint); convert the checkpoint as it was saved")
+    if coupling:
         tensors["coupling.weight"], tensors["coupling.bias"] = state[_COUPLING + "weight"], state[_COUPLING + "bias"]
     return fmt, {k: v.float() for k, v in tensors.items()}
 

@@ -183,12 +183,13 @@ def read_label_csv(label_file: PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ListFormatError: Non-integer or duplicate ids, missing ids, empty names, or no classes.
+        ListFormatError: Non-integer or duplicate ids, missing ids, empty or duplicate names, or no classes.
     """
     label_file = Path(label_file)
     if not label_file.is_file():
         raise FileNotFoundError(f"label file {str(label_file)!r} does not exist")
     names: dict[int, str] = {}
+    lines: dict[str, int] = {}  # name -> the line it was first given on
     with open(label_file, encoding="utf-8-sig", newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip():
@@ -206,7 +207,11 @@ def read_label_csv(label_file: PathLike) -> list[str]:
                 raise ListFormatError(f"{where}: class id {class_id} appears twice ({names[class_id]!r} and {name!r})")
             if class_id < 0:
                 raise ListFormatError(f"{where}: class id {class_id} is negative")
+            if name in lines:  # two ids with one name would train two classes no prompt can tell apart
+                raise ListFormatError(f"{where}: class name {name!r} (id {class_id}) is also on line {lines[name]}; "
+                                      "expected one name per class: give each class a distinct name")
             names[class_id] = name
+            lines[name] = lineno
     if not names:
         raise ListFormatError(f"label file {str(label_file)!r} has no classes; expected lines 'id,name'")
     missing = sorted(set(range(len(names))) - set(names))

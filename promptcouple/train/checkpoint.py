@@ -8,16 +8,20 @@ never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from promptcouple.errors import CheckpointError
 from promptcouple.fileio import PathLike, atomic_write
 
 FORMAT = "promptcouple.train_checkpoint"
 FORMAT_VERSION = 1
+# What a resume reads from a checkpoint.
+REQUIRED_KEYS = ("epoch", "global_step", "prompts", "optimizer", "scheduler", "rng", "world_size", "config")
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
@@ -64,13 +68,23 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     """Read a training checkpoint (``weights_only=True``) and check its format.
 
     Raises:
-        ValueError: The file is not a promptcouple training checkpoint, or a newer one.
+        CheckpointError: The file is unreadable (truncated: checkpoints are written atomically, so
+            only a copy or another program leaves one), not a promptcouple training checkpoint, a
+            newer one, or one without the entries a resume needs (a ``ValueError``).
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path} is not a readable training checkpoint (truncated or damaged: {err}); "
+                              "restore it from a copy, or remove it to train that run from the start") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a promptcouple training checkpoint "
-                         "(a prompt file is loaded with wrapper.load_prompts, not --resume)")
+        raise CheckpointError(f"{path} is not a promptcouple training checkpoint "
+                              "(a prompt file is loaded with wrapper.load_prompts, not --resume)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this "
-                         f"promptcouple reads ({FORMAT_VERSION}); upgrade promptcouple")
+        raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this "
+                              f"promptcouple reads ({FORMAT_VERSION}); upgrade promptcouple")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: training checkpoint without {missing}; it is damaged: restore it from a "
+                              "copy, or remove it to train that run from the start")
     return ckpt

@@ -130,7 +130,11 @@ class Trainer:
     Args:
         config: A :class:`TrainConfig` or a YAML path.
         resume: Continue from ``run.output_dir/checkpoint.pt`` (start afresh, with a message, when
-            there is none yet: the same command line can be resubmitted after preemption).
+            there is none yet: the same command line can be resubmitted after preemption; a run
+            that has finished is left as it is, and :meth:`fit` returns its results).
+
+    While it runs, the run holds ``run.output_dir``'s lock (:mod:`promptcouple.train.lock`): a
+    second run into the same folder raises :class:`~promptcouple.errors.RunLockedError`.
 
     Attributes:
         cfg: The config. ``wrapper``: the prompted model. ``datasets``: the built datasets.
