@@ -183,11 +183,7 @@ class CouplingPromptWrapper(nn.Module):
         x, rebuild = hidden_states(args, kwargs)
         s, n = self._ctx_start, self.config.n_ctx
         p = self.prompts.text_deep[layer - 1].to(x.dtype)
-        if self.host.text.seq_first:
-            x = torch.cat([x[:s], p.unsqueeze(1).expand(-1, x.shape[1], -1), x[s + n:]], dim=0)
-        else:
-            x = torch.cat([x[:, :s], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, s + n:]], dim=1)
-        return rebuild(x)
+        return rebuild(_replace_positions(x, s, s + n, p, self.host.text.seq_first))
 
     def _vision_slice(self, length: int) -> tuple[int, int]:
         """Where the vision prompt tokens sit in a sequence of ``length`` tokens (prompts included)."""
@@ -224,11 +220,7 @@ class CouplingPromptWrapper(nn.Module):
         seq_first = self.host.vision.seq_first
         a, b = self._vision_slice(x.shape[0 if seq_first else 1])
         p = self.prompts.vision_deep[layer - 1].to(x.dtype)
-        if seq_first:
-            x = torch.cat([x[:a], p.unsqueeze(1).expand(-1, x.shape[1], -1), x[b:]], dim=0)
-        else:
-            x = torch.cat([x[:, :a], p.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, b:]], dim=1)
-        return rebuild(x)
+        return rebuild(_replace_positions(x, a, b, p, seq_first))
 
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         seq_first = self.host.vision.strip_seq_first
@@ -517,6 +509,17 @@ class CouplingPromptWrapper(nn.Module):
         return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
                 f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+
+
+def _replace_positions(x: torch.Tensor, a: int, b: int, tokens: torch.Tensor, seq_first: bool) -> torch.Tensor:
+    """``x`` with sequence positions ``a:b`` replaced by ``tokens`` ``(b - a, D)``, the same for every row.
+
+    A new tensor, never an in-place write: a block that gradient checkpointing recomputes must see
+    the same input again.
+    """
+    if seq_first:
+        return torch.cat([x[:a], tokens.unsqueeze(1).expand(-1, x.shape[1], -1), x[b:]], dim=0)
+    return torch.cat([x[:, :a], tokens.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, b:]], dim=1)
 
 
 def _refuse_double_wrap(model: nn.Module) -> None:
