@@ -8,8 +8,11 @@ an atomic checkpoint; ``resume=True`` continues a stopped run and reaches the sa
 uninterrupted run (bit-identical on CPU), because the data order and every random draw of an epoch
 are functions of (seed, epoch, rank) alone, never of what ran before.
 
-Outputs in ``run.output_dir``: ``checkpoint.pt`` (last epoch), ``log.jsonl`` (one line per logged
-step, epoch and evaluation), ``results.json`` and ``prompts.safetensors`` (final prompts).
+Outputs in ``run.output_dir``: ``config.yaml`` (the resolved config, overrides included, which
+``promptcouple eval RUN_DIR`` and ``predict`` read), ``checkpoint.pt`` (last epoch), ``log.jsonl``
+(one line per logged step, epoch and evaluation), ``results.json``, ``prompts.safetensors`` (final
+prompts, with the class names and backbone they were trained on) and ``eval/`` (per set: per-clip
+predictions, per-class accuracy, confusion matrix).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 from promptcouple.anchors import AnchorRegularizer
 from promptcouple.errors import PromptcoupleError
 from promptcouple.fileio import PathLike, atomic_write_text
+from promptcouple.io import save_prompts
 from promptcouple.guards import GaussianPromptAverage, SelfRegularizer
 from promptcouple.text_consistency import TextConsistencyRegularizer
 from promptcouple.train.checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint, rng_state,
@@ -40,13 +44,16 @@ from promptcouple.train.config import (CHECKPOINT, LOG, PROMPTS, RESULTS, Config
                                        load_config)
 from promptcouple.train.data import Datasets, build_datasets
 from promptcouple.train.distributed import all_mean, setup_distributed, teardown_distributed
-from promptcouple.train.evaluation import evaluate_sets, format_eval
+from promptcouple.train.evaluation import evaluate_sets, format_eval, report_files
 from promptcouple.train.hosts import build_wrapper
 from promptcouple.train.lock import RunLock
+from promptcouple.train.run_info import RUN_CONFIG, run_info, write_run_config
 from promptcouple.train.seeding import epoch_seed, seed_everything, seed_worker
 from promptcouple.train.step import TrainStep, autocast
 
 logger = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"  # the final evaluation's per-set reports, inside run.output_dir
 
 # Config keys that may change between a run and its resumption without changing the result.
 _RESUME_FREE = {"run.output_dir", "run.progress", "run.log_every", "run.stop_after_epochs", "run.device",
@@ -188,6 +195,7 @@ class Trainer:
                 return
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(cfg, self.output_dir)  # so that eval and predict need no repeated --set
 
         self.wrapper = build_wrapper(cfg, ctx.device)
         self.regularizer = None
@@ -246,12 +254,30 @@ class Trainer:
         self.log = JsonlLog(self.output_dir / LOG, ctx.is_main)
         self.start_epoch, self.global_step = 0, 0
         self._history: list[dict] = []  # epoch records of the epochs a resumed run does not repeat
+        self._log(self._summary(warmup))
         if ckpt is not None:
             self._resume(ckpt_path, ckpt)
         else:
             if resume:
                 self._log(f"--resume: no checkpoint at {ckpt_path} yet; starting from epoch 1")
             self.log.truncate_after_epoch(0)  # the lines of a run killed before its first checkpoint
+
+    def _summary(self, warmup_steps: int) -> str:
+        """The start-up lines: data, model, schedule, device and where the run writes."""
+        cfg, ctx, ds, o = self.cfg, self.ctx, self.datasets, self.cfg.optim
+        evals = ", ".join(f"{n} {len(ev.dataset)} clips / {len(ev.classnames)} classes" for n, ev in ds.evals.items())
+        anchors = f"; anchors {len(ds.anchor)} clips / {len(ds.anchor_labels)} labels ({cfg.anchors.mode})" \
+            if ds.anchor is not None else ""
+        n_train = self.wrapper.num_trainable_parameters()
+        n_total = sum(p.numel() for p in self.wrapper.model.parameters())
+        return "\n".join([
+            f"train: {len(ds.train)} clips / {len(ds.classnames)} classes; eval: {evals or 'none'}{anchors}",
+            f"model: {cfg.model.name}, {cfg.data.num_frames} frames of {cfg.data.image_size}px; "
+            f"trainable parameters {n_train:,} (host {n_total:,}, frozen)",
+            f"schedule: {o.epochs} epochs x {self.steps_per_epoch} steps, warm-up {warmup_steps} steps, "
+            f"global batch {o.batch_size * ctx.world_size * o.grad_accum}, lr {o.lr:g}",
+            f"device: {ctx.device} x {ctx.world_size} process(es), {cfg.run.precision}; output: {self.output_dir}",
+        ])
 
     def _take_lock(self) -> None:
         """Rank 0 takes the run folder's lock; under torchrun every rank learns whether it did."""
@@ -492,14 +518,22 @@ class Trainer:
             results["status"] = "finished"
             if self.prompt_average is not None:  # the averaged prompts are the run's prompts
                 self._load_prompt_average()
-            results["eval"] = self.evaluate_all() if self.datasets.evals else {}
+            report_dir = self.output_dir / EVAL_DIR
+            results["eval"] = evaluate_sets(self.wrapper, self.datasets, cfg, ctx=ctx, report_dir=report_dir) \
+                if self.datasets.evals else {}
             if ctx.is_main:
-                self.wrapper.save_prompts(self.output_dir / PROMPTS)
+                info = run_info(cfg, self.datasets.classnames,
+                                {n: ev.classnames for n, ev in self.datasets.evals.items()})
+                save_prompts(self.wrapper, self.output_dir / PROMPTS, run_info=info)
                 results["prompts"] = str(self.output_dir / PROMPTS)
                 self.log.write(kind="eval", epoch=epochs, step=self.global_step, **results["eval"],
                                time=time.time())
                 atomic_write_text(self.output_dir / RESULTS, json.dumps(results, indent=2) + "\n")
                 self._log(format_eval(results["eval"]))
+                written = [PROMPTS, RESULTS, RUN_CONFIG, LOG, CHECKPOINT]
+                if self.datasets.evals:
+                    written.append(f"{EVAL_DIR}/ ({', '.join(report_files(self.datasets.evals))})")
+                self._log(f"saved to {self.output_dir}: {', '.join(written)}")
             return results
         finally:
             self._release()
