@@ -91,3 +91,25 @@ def test_the_rule_sees_code_and_keys_but_not_prose(tmp_path):
                       "tower = getattr(model, 'resblocks')\n"
                       "message = 'needs transformer blocks'  # ln_pre in a comment\n")
     assert host_part_uses(sample) == [(2, "visual"), (3, "token_embedding"), (4, "resblocks")]
+
+
+def test_architecture_doc_names_only_paths_that_exist():
+    """docs/ARCHITECTURE.md is a map: every path it writes in backticks, and every room of its
+    tree, must be there."""
+    root = PACKAGE.parent
+    text = (root / "docs" / "ARCHITECTURE.md").read_text()
+    named = {m for m in re.findall(r"`([\w./-]+)`", text) if "/" in m}
+    tree = text.split("```")[1]
+    stack: list[tuple[int, str]] = []
+    for line in tree.splitlines():
+        entry = line.split()[0] if line.strip() else ""
+        if not re.fullmatch(r"[\w.-]+/?", entry):
+            continue
+        depth = len(line) - len(line.lstrip())
+        stack = [(d, p) for d, p in stack if d < depth]
+        path = "/".join([p.rstrip("/") for _, p in stack] + [entry])
+        named.add(path)
+        if entry.endswith("/"):
+            stack.append((depth, entry))
+    missing = sorted(p for p in named if not (root / p.rstrip("/")).exists())
+    assert len(named) > 40 and not missing, f"docs/ARCHITECTURE.md names paths that do not exist: {missing}"
