@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script,expect", [
     ("wrap_two_lines.py", "train accuracy"),
     ("load_prompts.py", "identical logits: True"),
+    ("predict.py", "same probabilities as predict: True"),
 ])
 def test_example_runs(script, expect, tmp_path):
     args = [sys.executable, str(ROOT / "examples" / script)]
