@@ -281,3 +281,12 @@ def test_version(capsys):
     assert main(["--help"]) == 0
     shown = capsys.readouterr().out
     assert "predict" in shown and "beside the code" not in shown
+
+
+def test_reports_can_be_turned_off(run, tmp_path):
+    from promptcouple.train import load_config, train
+
+    out = tmp_path / "quiet"
+    cfg = load_config(run["cfg"], [f"run.output_dir={out}", "optim.epochs=1", "optim.warmup_epochs=0"])
+    assert train(cfg, reports=False)["status"] == "finished"
+    assert not (out / "eval").exists() and (out / "config.yaml").is_file()

@@ -139,6 +139,9 @@ class Trainer:
         resume: Continue from ``run.output_dir/checkpoint.pt`` (start afresh, with a message, when
             there is none yet: the same command line can be resubmitted after preemption; a run
             that has finished is left as it is, and :meth:`fit` returns its results).
+        reports: After the final evaluation, write each set's per-clip predictions, per-class
+            accuracy and confusion matrix into ``run.output_dir/eval/`` (about 0.5 s a set, mostly
+            the plot; benchmarks of hundreds of short runs may turn it off).
 
     While it runs, the run holds ``run.output_dir``'s lock (:mod:`promptcouple.train.lock`): a
     second run into the same folder raises :class:`~promptcouple.errors.RunLockedError`.
@@ -148,9 +151,10 @@ class Trainer:
         ctx: The distributed context. ``output_dir``: where the run writes.
     """
 
-    def __init__(self, config: Union[TrainConfig, PathLike], *, resume: bool = False):
+    def __init__(self, config: Union[TrainConfig, PathLike], *, resume: bool = False, reports: bool = True):
         cfg = config if isinstance(config, TrainConfig) else load_config(config)
         self.cfg = cfg
+        self.reports = reports
         if cfg.run.precision == "fp16" and not (cfg.run.device != "cpu" and torch.cuda.is_available()):
             raise ConfigError("run.precision: fp16 needs a CUDA device (its GradScaler does not run on CPU); "
                               "use bf16 or fp32 on CPU")
@@ -518,7 +522,7 @@ class Trainer:
             results["status"] = "finished"
             if self.prompt_average is not None:  # the averaged prompts are the run's prompts
                 self._load_prompt_average()
-            report_dir = self.output_dir / EVAL_DIR
+            report_dir = self.output_dir / EVAL_DIR if self.reports else None
             results["eval"] = evaluate_sets(self.wrapper, self.datasets, cfg, ctx=ctx, report_dir=report_dir) \
                 if self.datasets.evals else {}
             if ctx.is_main:
@@ -531,7 +535,7 @@ class Trainer:
                 atomic_write_text(self.output_dir / RESULTS, json.dumps(results, indent=2) + "\n")
                 self._log(format_eval(results["eval"]))
                 written = [PROMPTS, RESULTS, RUN_CONFIG, LOG, CHECKPOINT]
-                if self.datasets.evals:
+                if report_dir is not None and self.datasets.evals:
                     written.append(f"{EVAL_DIR}/ ({', '.join(report_files(self.datasets.evals))})")
                 self._log(f"saved to {self.output_dir}: {', '.join(written)}")
             return results
@@ -539,6 +543,6 @@ class Trainer:
             self._release()
 
 
-def train(config: Union[TrainConfig, PathLike], *, resume: bool = False) -> dict:
+def train(config: Union[TrainConfig, PathLike], *, resume: bool = False, reports: bool = True) -> dict:
     """Train prompts as the config says; see :class:`Trainer` and :meth:`Trainer.fit`."""
-    return Trainer(config, resume=resume).fit()
+    return Trainer(config, resume=resume, reports=reports).fit()
