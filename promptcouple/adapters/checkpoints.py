@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from promptcouple.errors import BackboneLoadError, CheckpointError
+from promptcouple.errors import BackboneLoadError, CheckpointError, MissingFileError
 from promptcouple.fileio import PathLike
 
 # Where the state dict sits inside a training checkpoint, in the order they are tried.
@@ -67,7 +67,7 @@ def read_checkpoint(path: PathLike, *, trust: bool = False) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingFileError(f"no checkpoint at {path}; expected a .pth or .safetensors file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
