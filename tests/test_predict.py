@@ -290,3 +290,17 @@ def test_reports_can_be_turned_off(run, tmp_path):
     cfg = load_config(run["cfg"], [f"run.output_dir={out}", "optim.epochs=1", "optim.warmup_epochs=0"])
     assert train(cfg, reports=False)["status"] == "finished"
     assert not (out / "eval").exists() and (out / "config.yaml").is_file()
+
+
+def test_resolved_config_holds_absolute_paths(tmp_path, monkeypatch):
+    """Relative paths mean the working directory of the run, not the run folder it is read back from."""
+    from promptcouple.train.run_info import write_run_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig.from_dict({"model": {"name": "ViT-B-16-quickgelu", "pretrained": "openai"},
+                                 "data": {"train_list": "lists/train.txt", "labels": "labels.csv"},
+                                 "run": {"output_dir": "runs/a"}})
+    write_run_config(cfg, tmp_path / "runs" / "a")
+    again = pc.train.load_config(tmp_path / "runs" / "a" / "config.yaml")
+    assert again.run.output_dir == str(tmp_path / "runs" / "a")
+    assert again.data.train_list == str(tmp_path / "lists" / "train.txt") and again.model.pretrained == "openai"

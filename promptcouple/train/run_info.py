@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -67,6 +68,26 @@ def run_info(cfg: TrainConfig, classnames: list, eval_classnames: dict) -> dict:
     }
 
 
+def _absolute_paths(cfg: TrainConfig) -> dict:
+    """``cfg.to_dict()`` with every relative path made absolute against the working directory, where
+    the run reads it: the file is read back from its own folder, which would resolve them there."""
+    from promptcouple.train.yaml_dataclass import is_path_field
+
+    out = cfg.to_dict()
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            path = getattr(value, f.name)
+            if not (is_path_field(f) and isinstance(path, str)) or os.path.isabs(path):
+                continue
+            if f.metadata.get("only_if_exists") and not os.path.exists(path):
+                continue  # a tag such as pretrained: openai
+            out[section.name][f.name] = os.path.abspath(path)
+    return out
+
+
 def write_run_config(cfg: TrainConfig, folder: PathLike) -> Path:
     """Write the resolved config to ``folder/config.yaml`` (loadable with :func:`load_config`)."""
     import yaml
@@ -74,7 +95,7 @@ def write_run_config(cfg: TrainConfig, folder: PathLike) -> Path:
     path = Path(folder) / RUN_CONFIG
     text = ("# The resolved config of this run (overrides included), written by promptcouple.\n"
             "# promptcouple eval / predict read it from this folder.\n")
-    atomic_write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, text + yaml.safe_dump(_absolute_paths(cfg), sort_keys=False))
     return path
 
 
