@@ -26,11 +26,19 @@ markdown table, a JSON file (per method, dataset, split and world seed: base, no
 the per-epoch curve and every test clip's top-1 correctness), a plot of base, novel and HM over
 the epochs per method and one of base, novel and HM per dataset.
 
+``--protocol k400-first`` is GA2-CLIP's own protocol for HMDB, UCF and SSv2 beside the from-CLIP
+one: the world CLIP is first fine-tuned on all of ``wk400`` (ViFi-CLIP style, the whole model, a
+few epochs; cached in ``OUT/cache`` by hash, ``benchmarks/protocol/backbone.py``), every method
+then runs on ``whmdb``, ``wucf`` and ``wssv2`` from that backbone, and the hard prompt is learned
+on ``wk400``'s base classes from it.
+
 Examples::
 
     python benchmarks/base2novel.py --quick                     # < 5 minutes on 2 cores
     nice -n 5 python benchmarks/base2novel.py                    # full: all methods, 3 splits
     python benchmarks/base2novel.py --methods zero-shot ivlp ga2 --datasets whmdb --splits 1
+    python benchmarks/base2novel.py --protocol k400-first       # the paper's protocol, from a wk400 backbone
+    python benchmarks/base2novel.py --world-seeds 0 1 2          # intervals over three worlds
     python benchmarks/base2novel.py --model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml \\
         --frames 32 --workers 1 --threads 8       # the paper's protocol on real data
 
@@ -43,6 +51,7 @@ import copy
 from pathlib import Path
 
 from protocol import reports
+from protocol.backbone import FinetuneRecipe, k400_backbone
 from protocol.context import run_script, start
 from protocol.setting import make_parser, make_setting
 
@@ -69,14 +78,34 @@ def main(argv=None) -> dict:
     parser.add_argument("--plot", default=None, help="PNG of the curves (default OUT/base2novel[_quick].png)")
     parser.add_argument("--world-seeds", type=int, nargs="+", default=None,
                         help="run every method on each of these generated worlds (default: --world-seed alone)")
+    parser.add_argument("--protocol", choices=("from-clip", "k400-first"), default="from-clip",
+                        help="from-clip: every method from the world CLIP; k400-first: from the world CLIP "
+                             "fine-tuned on all of wk400, on whmdb, wucf and wssv2, hard prompt from wk400's base")
+    parser.add_argument("--k400-epochs", type=int, default=FinetuneRecipe.epochs,
+                        help="k400-first: epochs of the backbone's fine-tuning")
+    parser.add_argument("--k400-shots", type=int, default=FinetuneRecipe.shots,
+                        help="k400-first: clips per wk400 class of the backbone's fine-tuning")
     args = parser.parse_args(argv)
     seeds = list(dict.fromkeys(args.world_seeds or [args.world_seed]))
     if len(seeds) > 1 and args.data_config is not None:
         raise SystemExit("--world-seeds: only for the embedded world (not with --data-config)")
-    records, contexts = [], []
+    k400_first = args.protocol == "k400-first"
+    if k400_first and (args.data_config is not None or args.model != "world" or args.backbone_checkpoint):
+        raise SystemExit("--protocol k400-first: fine-tunes the embedded world CLIP (--model world, no "
+                         "--data-config, no --backbone-checkpoint); on real data give --backbone-checkpoint "
+                         "(a K400-fine-tuned CLIP) and --hard-prompts instead")
+    records, contexts, backbones = [], [], {}
     for seed in seeds:
         seed_args = copy.copy(args)
         seed_args.world_seed = seed
+        if k400_first:
+            from protocol.sources import world_identity
+
+            recipe = FinetuneRecipe(epochs=args.k400_epochs, shots=args.k400_shots)
+            path, notes = k400_backbone(make_setting(seed_args), seed, Path(args.out), world_identity(), recipe,
+                                        threads=max(1, args.threads or 1))
+            seed_args.backbone_checkpoint = path
+            backbones[str(seed)] = {"path": path, **notes}
         ctx = start(seed_args, "base_to_novel", DEFAULT_METHODS, shots=[make_setting(args).shots])
         s = ctx.setting
         jobs = ctx.jobs("base_to_novel", [s.shots], eval_every=s.eval_every)
@@ -94,7 +123,11 @@ def main(argv=None) -> dict:
             ctx.timing[key] = ctx.timing.get(key, 0.0) + value
     table = reports.base_novel_table(records, ctx.methods, ctx.datasets)
     over = f"splits {ctx.splits}" + (f" x world seeds {seeds}" if len(seeds) > 1 else f", world seed {seeds[0]}")
-    markdown = (f"Base-to-novel, top-1 % (Base / Novel / HM), mean of {over}, last epoch "
+    protocol = ("protocol k400-first (backbone: the world CLIP fine-tuned on all of wk400; hard prompt: "
+                "IVLP on wk400's base classes)" if k400_first else "from the world CLIP" if args.data_config is None
+                else "")
+    markdown = (f"Base-to-novel{', ' + protocol if protocol else ''}, top-1 % (Base / Novel / HM), mean of {over}, "
+                "last epoch "
                 f"({s.epochs} epochs, K={s.shots}, {s.test_per_class or 'all'} test clips per class):\n\n"
                 + reports.format_base_novel(table, ctx.methods, ctx.datasets))
     if len(ctx.splits) > 1:
@@ -124,7 +157,10 @@ def main(argv=None) -> dict:
                "plot": str(made) if made else None, "plot_datasets": str(bars) if bars else None}
     if args.data_config is None:
         results.update(world_seed=seeds[0] if len(seeds) == 1 else seeds, world_seeds=seeds,
-                       hard_prompts_by_world_seed={str(w): c.hard_prompts for w, c in zip(seeds, contexts)})
+                       hard_prompts_by_world_seed={str(w): c.hard_prompts for w, c in zip(seeds, contexts)},
+                       protocol=args.protocol)
+        if k400_first:
+            results["k400_backbone"] = backbones
     return ctx.finish("base2novel", results, markdown)
 
 

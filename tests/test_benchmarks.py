@@ -345,3 +345,31 @@ def test_paired_comparison_of_records_by_hand():
     assert paired["ga2"]["clips"]["mean"] == pytest.approx((d1 + d2) / 2)
     (line,) = [x for x in readings(paired, resolve_methods(["ga2"], [])) if x.startswith("ga2")]
     assert line.startswith(f"ga2 vs IVLP: {(d1 + d2) / 2:+.1f} HM, 95% interval [")
+
+
+def test_base2novel_k400_first_protocol(tmp_path):
+    """--protocol k400-first: the world CLIP fine-tuned on all of wk400 (cached by hash) is every
+    run's backbone, the runs are on whmdb/wucf/wssv2, and the hard prompt is learned on wk400 base."""
+    argv = ["--protocol", "k400-first", "--splits", "1", "--epochs", "1", "--shots", "1", "--batch-size", "4",
+            "--test-per-class", "1", "--k400-epochs", "1", "--k400-shots", "1", "--workers", "1",
+            "--methods", "zero-shot", "ivlp", "coupling", "--out", str(tmp_path)]
+    doc = base2novel.main(argv)
+    backbone = doc["k400_backbone"]["0"]
+    path = Path(backbone["path"])
+    assert path.is_file() and path.parent == tmp_path / "cache" and backbone["seconds"] > 0
+    assert set(backbone["zero_shot_top1_after"]) == {"wk400", "whmdb", "wucf", "wssv2"}
+    assert doc["datasets"] == ["whmdb", "wucf", "wssv2"] and doc["protocol"] == "k400-first"
+    assert doc["model"]["backbone_checkpoint"] == str(path)
+    assert "protocol k400-first" in doc["markdown"]
+    # the backbone differs from the shipped world CLIP, and the runs were built on it
+    from safetensors.torch import load_file
+
+    from promptcouple.world import load_world_clip
+    tuned, shipped = load_file(str(path)), load_world_clip()[0].state_dict()
+    assert any(not torch.equal(tuned[k], shipped[k].float()) for k in tuned)
+    # the hard prompt came from wk400's base classes (the cache name says which source)
+    assert "k400first" in Path(doc["hard_prompts"]).parent.name
+    again = base2novel.main(argv)
+    assert again["k400_backbone"]["0"]["cached"] == str(path)  # fine-tuned once per world and recipe
+    with pytest.raises(SystemExit, match="k400-first"):
+        base2novel.main(["--protocol", "k400-first", "--model", "tiny"])

@@ -245,7 +245,7 @@ def hard_prompt_file(args: argparse.Namespace, source: DataSource, setting: Sett
         spec["config"]["run"]["output_dir"] = str(run_dir)
         rec = run_job(Job(("hard-prompt", "source", 1, setting.shots), spec, threads=max(1, args.threads)))
         if notes is not None:
-            notes.update(hard_prompt={"seconds": rec["seconds"], "source_accuracy": rec.get("top1")})
+            notes.update(hard_prompt={"seconds": rec["seconds"], "source_accuracy": rec.get("top1", rec.get("base"))})
     elif notes is not None:
         notes.update(hard_prompt={"cached": str(prompts)})
     return str(prompts)

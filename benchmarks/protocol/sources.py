@@ -179,6 +179,30 @@ class WorldSource(DataSource):
                 "world_knobs": {"shift": self.setting.world_shift, "context": self.setting.world_context}}
 
 
+class K400FirstSource(WorldSource):
+    """The world under the paper's protocol (``--protocol k400-first``): the runs' backbone is the
+    world CLIP fine-tuned on all of ``wk400`` (:mod:`.backbone`), the datasets are ``whmdb``,
+    ``wucf`` and ``wssv2``, and the hard prompt is learned (IVLP, from that backbone) on the
+    base classes of ``wk400``, as GA2-CLIP learns it on K400's."""
+
+    def __init__(self, world_seed: int = 0, setting: Optional[Setting] = None):
+        super().__init__(world_seed, setting)
+        self.cache_tag = f"world{world_seed}_k400first"
+
+    def datasets(self, protocol: str) -> list[str]:
+        from .backbone import TARGETS
+
+        return list(TARGETS)
+
+    def hard_prompt_data(self) -> dict:
+        from .backbone import SOURCE
+
+        return self.data(SOURCE, "base_to_novel", 1, self.setting.shots)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "protocol": "k400-first"}
+
+
 class ListSource(DataSource):
     """Real data from a YAML file of per-dataset ``data`` sections (see the module docstring)."""
 
@@ -246,6 +270,8 @@ def make_source(args: argparse.Namespace, setting: Setting) -> DataSource:
         return ListSource(args.data_config, setting)
     if args.model not in ("world", "tiny"):
         raise SystemExit(f"--model {args.model}: real backbones need --data-config (list files per dataset)")
+    if getattr(args, "protocol", "from-clip") == "k400-first":
+        return K400FirstSource(args.world_seed, setting)
     return WorldSource(args.world_seed, setting)
 
 

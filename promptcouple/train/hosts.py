@@ -55,7 +55,10 @@ def build_host(cfg: TrainConfig) -> tuple[nn.Module, Any]:
         from promptcouple.train.backbone import BackboneLoadError, load_backbone
 
         try:
-            report = load_backbone(host, m.backbone_checkpoint, trust=m.trust_checkpoint)
+            # A world backbone is the world CLIP fine-tuned (GELU, as its config says); every
+            # other checkpoint read here descends from OpenAI's CLIP (QuickGELU).
+            activation = "gelu" if m.name == "world" else "quick_gelu"
+            report = load_backbone(host, m.backbone_checkpoint, trust=m.trust_checkpoint, activation=activation)
         except BackboneLoadError as err:
             raise ConfigError(f"model.backbone_checkpoint: {err}") from None
         if is_main_process():
