@@ -1,4 +1,10 @@
-"""Top-1 / top-5 accuracy of prompted classification, on one dataset or every set of a config."""
+"""Top-1 / top-5 accuracy of prompted classification, on one dataset or every set of a config.
+
+:func:`predict_clips` scores every clip (its top classes and their probabilities); :func:`evaluate`
+reduces that to accuracy; :func:`write_report` writes a set's per-clip predictions and per-class
+accuracy (CSV) and its confusion matrix (PNG). ``evaluate_config(cfg, prompts=None)`` evaluates
+zero-shot: the frozen backbone with the hand-crafted template.
+"""
 
 from __future__ import annotations
 
