@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcouple.constants import HAND_CRAFTED_TEMPLATE, class_key, fill_template
-from promptcouple.errors import AnchorOverlapError
+from promptcouple.errors import AnchorOverlapError, InvalidInputError, RunError
 
 MODES = ("consistency", "negative", "reference")
 
@@ -99,14 +99,14 @@ class AnchorRegularizer(nn.Module):
                  cache_frozen: bool = False):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+            raise InvalidInputError(f"mode={mode!r}: expected one of {MODES}")
         if anchor_text not in ("prompted", "frozen"):
-            raise ValueError(f"anchor_text={anchor_text!r}: expected 'prompted' or 'frozen'")
+            raise InvalidInputError(f"anchor_text={anchor_text!r}: expected 'prompted' or 'frozen'")
         labels = list(anchor_labels)
         if not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-            raise ValueError("anchor_labels must be a non-empty list of non-empty strings")
+            raise InvalidInputError("anchor_labels must be a non-empty list of non-empty strings")
         if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' for the label")
+            raise InvalidInputError(f"template {template!r} has no '{{}}' for the label")
         # Not a submodule: the regulariser must not own (or save) the model it regularises.
         object.__setattr__(self, "wrapper", wrapper)
         self.anchor_labels = labels
@@ -115,7 +115,7 @@ class AnchorRegularizer(nn.Module):
         self.classnames = list(classnames) if classnames is not None else None
         self.allow_overlap = allow_overlap
         if cache_frozen and getattr(wrapper, "train_host", ()):
-            raise ValueError(f"cache_frozen=True with train_host={list(wrapper.train_host)}: the host trains, so its "
+            raise InvalidInputError(f"cache_frozen=True with train_host={list(wrapper.train_host)}: the host trains, so its "
                              "view of an anchor clip changes every step; leave cache_frozen off")
         self.cache_frozen = bool(cache_frozen)
         self._frozen_views: dict = {}  # clip id -> (frozen video feature, target logits)
@@ -129,7 +129,7 @@ class AnchorRegularizer(nn.Module):
                               "no effect (as in the released GA2-CLIP code). Use mode='consistency' or "
                               "'negative' for a term that acts.", stacklevel=2)
             elif self.classnames is not None and len(labels) != len(self.classnames):
-                raise ValueError(f"reference mode broadcasts {len(labels)} anchor labels over "
+                raise InvalidInputError(f"reference mode broadcasts {len(labels)} anchor labels over "
                                  f"{len(self.classnames)} classes: the released code crashes here; "
                                  "it runs only with 1 label or as many labels as classes")
 
@@ -197,21 +197,21 @@ class AnchorRegularizer(nn.Module):
             clip_ids: Stable ids of the anchor clips (dataset indices), for ``cache_frozen``.
         """
         if self.mode == "reference":
-            raise RuntimeError("reference mode acts on the classification logits: use "
+            raise RunError("reference mode acts on the classification logits: use "
                                "logits = regularizer.adjust_logits(logits, anchor_clips)")
         w = self.wrapper
         frozen_text = self.frozen_text_features()
         video, tokens = (video, context) if video is not None else self._video(anchor_clips)
         if self.mode == "negative":
             if labels is None:
-                raise ValueError("negative mode needs the anchor clips' labels (indices into anchor_labels)")
+                raise InvalidInputError("negative mode needs the anchor clips' labels (indices into anchor_labels)")
             labels = torch.as_tensor(labels, device=video.device)
             if labels.min() < 0 or labels.max() >= len(self.anchor_labels):
-                raise ValueError(f"anchor labels must lie in [0, {len(self.anchor_labels)}), "
+                raise InvalidInputError(f"anchor labels must lie in [0, {len(self.anchor_labels)}), "
                                  f"got {labels.min().item()}..{labels.max().item()}")
             if class_features is None:
                 if self.classnames is None:
-                    raise ValueError("negative mode needs class_features= or classnames= at construction")
+                    raise InvalidInputError("negative mode needs class_features= or classnames= at construction")
                 class_features = w.encode_text(self.classnames)
             classes = self._specialize(class_features, tokens) if class_features.ndim == 2 else class_features
             negatives = self._specialize(frozen_text.to(classes.dtype), tokens)
@@ -240,12 +240,12 @@ class AnchorRegularizer(nn.Module):
         (both normalised). The ``(1, M)`` term is broadcast over ``(B, K)`` as in the original.
         """
         if self.mode != "reference":
-            raise RuntimeError(f"adjust_logits is the reference mode's form; this regulariser is mode={self.mode!r}")
+            raise RunError(f"adjust_logits is the reference mode's form; this regulariser is mode={self.mode!r}")
         if anchor_clips.shape[0] != 1:
-            raise ValueError(f"the released code appends exactly one anchor clip per batch, got {anchor_clips.shape[0]}")
+            raise InvalidInputError(f"the released code appends exactly one anchor clip per batch, got {anchor_clips.shape[0]}")
         m, k = len(self.anchor_labels), logits.shape[-1]
         if m not in (1, k):
-            raise ValueError(f"{m} anchor labels cannot broadcast over {k} classes (the released code crashes here)")
+            raise InvalidInputError(f"{m} anchor labels cannot broadcast over {k} classes (the released code crashes here)")
         video = F.normalize(self.wrapper.encode_video(anchor_clips), dim=-1)
         neg = video @ F.normalize(self.frozen_text_features().to(video.dtype), dim=-1).t()  # (1, M)
         return logits + self.wrapper.logit_scale_exp * self.alpha * neg

@@ -8,6 +8,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from promptcouple.errors import InvalidInputError
+
 DEFAULT_N_CTX = 16
 
 
@@ -42,8 +44,8 @@ class CouplingConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"CouplingConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        def bad(name: str, expected: str) -> InvalidInputError:
+            return InvalidInputError(f"CouplingConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
         if self.n_ctx is not None and (not isinstance(self.n_ctx, int) or self.n_ctx < 1):
             raise bad("n_ctx", "a positive int or None")
@@ -54,7 +56,7 @@ class CouplingConfig:
         if not isinstance(self.vision_depth, int) or self.vision_depth < 0:
             raise bad("vision_depth", "an int >= 0")
         if (self.n_vision_ctx == 0) != (self.vision_depth == 0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"CouplingConfig: n_vision_ctx={self.n_vision_ctx} and vision_depth={self.vision_depth} "
                 "disagree; set both to 0 to disable vision prompts, or both positive")
         if self.ctx_init is not None and (not isinstance(self.ctx_init, str) or not self.ctx_init.strip()):

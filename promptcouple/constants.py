@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from promptcouple.errors import InvalidInputError
+
 # The per-channel mean and std OpenAI's CLIP was trained with (RGB, pixels in [0, 1]); every CLIP
 # fine-tuned from it (ViFi-CLIP, GA2-CLIP, X-CLIP) and the embedded world CLIP expect them too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -36,6 +38,6 @@ def fill_template(template: str, names: Sequence[str]) -> list[str]:
         ValueError: The template has no ``{}`` for the name.
     """
     if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' for the class name; "
+        raise InvalidInputError(f"template {template!r} has no '{{}}' for the class name; "
                          f"write e.g. {HAND_CRAFTED_TEMPLATE!r}")
     return [template.format(class_text(name)) for name in names]

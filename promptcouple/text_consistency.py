@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptcouple.constants import HAND_CRAFTED_TEMPLATE, fill_template
+from promptcouple.errors import InvalidInputError
 
 
 class TextConsistencyRegularizer(nn.Module):
@@ -31,7 +32,7 @@ class TextConsistencyRegularizer(nn.Module):
                  template: str = HAND_CRAFTED_TEMPLATE):
         super().__init__()
         if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+            raise InvalidInputError(f"template {template!r} has no '{{}}' for the class name")
         object.__setattr__(self, "wrapper", wrapper)  # not a submodule: it does not own the model
         self.classnames, self.weight, self.template = list(classnames), float(weight), template
         self.register_buffer("_frozen", None, persistent=False)

@@ -12,6 +12,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from promptcouple.errors import InvalidInputError
+
 
 class PromptTokenizer:
     """Adapts ``tokenizer`` (open_clip ``SimpleTokenizer``/``HFTokenizer``, a ``transformers``
@@ -60,7 +62,7 @@ class PromptTokenizer:
         for i in range(len(ids) - n + 1):
             if ids[i:i + n] == pieces:
                 return i
-        raise ValueError(f"the tokenizer writes {prefix!r} differently inside a prompt than alone "
+        raise InvalidInputError(f"the tokenizer writes {prefix!r} differently inside a prompt than alone "
                          f"(pieces {pieces} not found in {ids[:n + 4]}...); use placeholder context (ctx_init=None)")
 
 

@@ -31,7 +31,7 @@ from promptcouple.adapters.base import cosine_logits, hidden_states, map_sequenc
 from promptcouple.adapters.capabilities import frame_format
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
 from promptcouple.constants import class_text
-from promptcouple.errors import InvalidInputError, InvalidTypeError, PromptFileError
+from promptcouple.errors import InvalidInputError, InvalidTypeError, PromptFileError, RunError
 from promptcouple.fileio import PathLike
 from promptcouple.prompts import PromptLearner
 from promptcouple.tokenize import PromptTokenizer
@@ -93,7 +93,7 @@ class CouplingPromptWrapper(nn.Module):
             try:
                 model.get_submodule(name).requires_grad_(True)
             except AttributeError:
-                raise ValueError(f"train_host: the host has no submodule {name!r}") from None
+                raise InvalidInputError(f"train_host: the host has no submodule {name!r}") from None
         self._frame_format = frame_format(model)  # (channels, (H, W)) the image tower takes, None where unknown
         self._handles = self._register_hooks()
         for owner in host.intermediates_owners():  # they call blocks directly: the strip hook never fires
@@ -125,7 +125,7 @@ class CouplingPromptWrapper(nn.Module):
         phrase = config.ctx_init.replace("_", " ")
         n = self.tokenizer.count(phrase)
         if config.n_ctx not in (None, n):
-            raise ValueError(f"ctx_init {phrase!r} has {n} tokens but n_ctx={config.n_ctx}; "
+            raise InvalidInputError(f"ctx_init {phrase!r} has {n} tokens but n_ctx={config.n_ctx}; "
                              "leave n_ctx=None to take the phrase's length")
         start = self.tokenizer.prefix_start(phrase)
         embedding = self.host.text.embedding
@@ -137,12 +137,12 @@ class CouplingPromptWrapper(nn.Module):
     def _check_depths(self, config: CouplingConfig) -> None:
         text, vision = self.host.text, self.host.vision
         if config.text_depth > len(text.blocks):
-            raise ValueError(f"text_depth={config.text_depth} but the text tower has {len(text.blocks)} layers")
+            raise InvalidInputError(f"text_depth={config.text_depth} but the text tower has {len(text.blocks)} layers")
         if vision is not None and config.vision_depth > len(vision.blocks):
-            raise ValueError(
+            raise InvalidInputError(
                 f"vision_depth={config.vision_depth} but the image tower has {len(vision.blocks)} layers")
         if 2 + config.n_ctx > text.context_length:
-            raise ValueError(f"n_ctx={config.n_ctx} leaves no room for a class name "
+            raise InvalidInputError(f"n_ctx={config.n_ctx} leaves no room for a class name "
                              f"in a context of {text.context_length} tokens")
 
     def _register_hooks(self) -> list:
@@ -269,7 +269,7 @@ class CouplingPromptWrapper(nn.Module):
             for name, text in zip(key, texts):
                 length = specials + self.tokenizer.count(text)
                 if length > limit:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
                         f"more than the context length {limit}; shorten the name or use a smaller n_ctx")
             ids = self.tokenizer(texts)
@@ -463,7 +463,7 @@ class CouplingPromptWrapper(nn.Module):
         if pf.coupled and hard_prompts is None:
             hard_prompts = pf.tensors.get("text.hard")
             if hard_prompts is None:
-                raise ValueError(f"{path} was trained with a hard prompt that it does not contain "
+                raise InvalidInputError(f"{path} was trained with a hard prompt that it does not contain "
                                  "(converted from a GA2-CLIP checkpoint?); pass hard_prompts=")
         kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
         wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
@@ -492,7 +492,7 @@ class CouplingPromptWrapper(nn.Module):
 
     def _check_wrapped(self) -> None:
         if not self._wrapped:
-            raise RuntimeError("this wrapper was unwrapped; wrap the model again to use prompts")
+            raise RunError("this wrapper was unwrapped; wrap the model again to use prompts")
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module keeps parameters and submodules out of __dict__; after those, fall back to the
@@ -525,19 +525,19 @@ def _replace_positions(x: torch.Tensor, a: int, b: int, tokens: torch.Tensor, se
 def _refuse_double_wrap(model: nn.Module) -> None:
     """A host already carrying a wrapper's hooks (a re-run notebook cell) would get both sets."""
     if isinstance(model, CouplingPromptWrapper):
-        raise ValueError("this model is already a CouplingPromptWrapper; wrap the host itself, or reuse the wrapper")
+        raise InvalidInputError("this model is already a CouplingPromptWrapper; wrap the host itself, or reuse the wrapper")
     for module in model.modules():
         hooks = (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
         for hook in hooks:
             owner = getattr(getattr(hook, "func", hook), "__self__", None)
             if isinstance(owner, CouplingPromptWrapper):
-                raise ValueError(
+                raise InvalidInputError(
                     f"this {type(model).__name__} is already wrapped by a CouplingPromptWrapper (its hooks are on "
                     f"{type(module).__name__}); call .unwrap() on that wrapper first, or keep using it")
 
 
 def _refuse_intermediates(owner: str, *args: Any, **kwargs: Any):
-    raise RuntimeError(
+    raise RunError(
         f"{owner}.forward_intermediates calls the blocks directly, so the prompt hooks cannot strip "
         "their tokens and the output would silently hold extra tokens; use the wrapper's "
         "encode_video/encode_text, or unwrap() first")

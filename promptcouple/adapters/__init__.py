@@ -15,6 +15,7 @@ from promptcouple.adapters.base import HostAdapter, TextSite, UnsupportedHostErr
 from promptcouple.adapters.open_clip import OpenClipAdapter
 from promptcouple.adapters.openai import OpenAIAdapter
 from promptcouple.adapters.video import ClipVideoModelAdapter
+from promptcouple.errors import InvalidTypeError
 
 __all__ = ["HostAdapter", "TextSite", "VisionSite", "UnsupportedHostError", "register_host", "resolve_host",
            "registered_hosts"]
@@ -26,7 +27,7 @@ def register_host(adapter: Type[HostAdapter]) -> Type[HostAdapter]:
     """Add a host family; usable as a class decorator. Later registrations are tried first, so a
     user's adapter can take over a family the package also serves."""
     if not (isinstance(adapter, type) and issubclass(adapter, HostAdapter)):
-        raise TypeError(f"register_host takes a HostAdapter subclass, got {adapter!r}")
+        raise InvalidTypeError(f"register_host takes a HostAdapter subclass, got {adapter!r}")
     if adapter in _REGISTRY:
         _REGISTRY.remove(adapter)
     _REGISTRY.insert(0, adapter)

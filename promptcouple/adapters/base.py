@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptcouple.errors import UnsupportedHostError
+from promptcouple.errors import InvalidInputError, InvalidTypeError, UnsupportedHostError
 
 
 @dataclass
@@ -75,7 +75,7 @@ class VisionSite:
     def __post_init__(self) -> None:
         for name in ("insert_on", "strip_on"):
             if getattr(self, name) not in ("input", "output"):
-                raise ValueError(f"VisionSite.{name} must be 'input' or 'output', got {getattr(self, name)!r}")
+                raise InvalidInputError(f"VisionSite.{name} must be 'input' or 'output', got {getattr(self, name)!r}")
 
 
 class HostAdapter:
@@ -206,7 +206,7 @@ def first_tensor(out: Any) -> torch.Tensor:
         value = getattr(out, key, None)
         if torch.is_tensor(value):
             return value
-    raise TypeError(f"cannot find the features in a {type(out).__name__} returned by the host")
+    raise InvalidTypeError(f"cannot find the features in a {type(out).__name__} returned by the host")
 
 
 def hidden_states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[tuple, dict]]]:
@@ -220,7 +220,7 @@ def hidden_states(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Callable[[to
     for key in ("hidden_states", "x", "q_x"):
         if torch.is_tensor(kwargs.get(key)):
             return kwargs[key], lambda x, key=key: (args, {**kwargs, key: x})
-    raise TypeError("cannot find the token sequence among a block's arguments")
+    raise InvalidTypeError("cannot find the token sequence among a block's arguments")
 
 
 def map_sequence(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -236,7 +236,7 @@ def map_sequence(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         if isinstance(out.get("hidden_states"), tuple):
             changed["hidden_states"] = tuple(fn(h) for h in out["hidden_states"])
         return type(out)(**changed)
-    raise TypeError(f"cannot find the token sequence in a {type(out).__name__}")
+    raise InvalidTypeError(f"cannot find the token sequence in a {type(out).__name__}")
 
 
 def project(x: torch.Tensor, proj: Optional[Any]) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from promptcouple.adapters.base import HostAdapter, TextSite, UnsupportedHostError, VisionSite
+from promptcouple.errors import InvalidInputError
 
 #: The class each adapter serves, as ``(module, name)``: matched on a model's MRO without importing.
 _CLIP = ("transformers.models.clip.modeling_clip", "CLIPModel")
@@ -66,7 +67,7 @@ def _clip_bpe(model: nn.Module, family: str, context_length: int) -> Any:
 
     vocab = model.config.text_config.vocab_size
     if vocab != 49408:
-        raise ValueError(f"{family}: the text tower has a vocabulary of {vocab} tokens, not CLIP's 49408, so the "
+        raise InvalidInputError(f"{family}: the text tower has a vocabulary of {vocab} tokens, not CLIP's 49408, so the "
                          "default CLIP tokenizer does not fit; pass tokenizer=AutoTokenizer.from_pretrained(...) "
                          "for this model")
     return SimpleTokenizer(context_length=context_length)
@@ -159,7 +160,7 @@ class HFSiglipAdapter(_HFDualTower):
     def default_tokenizer(self) -> Any:
         name = getattr(self.model.config, "_name_or_path", "")
         name = repr(name) if name else "<the checkpoint's name or folder>"
-        raise ValueError(
+        raise InvalidInputError(
             f"{self.family} has no built-in tokenizer (SigLIP's SentencePiece vocabulary does not ship with "
             f"promptcouple); pass tokenizer=AutoTokenizer.from_pretrained({name}) to CouplingPromptWrapper")
 
@@ -189,7 +190,7 @@ class HFSiglip2Adapter(HFSiglipAdapter):
         p = self.model.config.vision_config.patch_size
         n, c, height, width = images.shape
         if height % p or width % p:
-            raise ValueError(f"{self.family}: images of {height}x{width} pixels, expected multiples of the "
+            raise InvalidInputError(f"{self.family}: images of {height}x{width} pixels, expected multiples of the "
                              f"patch size {p}; resize or crop the frames")
         h, w = height // p, width // p
         patches = images.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, p * p * c)
@@ -218,7 +219,7 @@ class HFXCLIPAdapter(_CausalCLIPText):
         self.vision = _vision_site(vision, vision.pre_layernorm, "input")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        raise ValueError(f"{self.family} has no features of single images: its vision layers exchange messages "
+        raise InvalidInputError(f"{self.family} has no features of single images: its vision layers exchange messages "
                          f"across the {self.model.config.vision_config.num_frames} frames of a clip; encode clips "
                          "(B, num_frames, C, H, W) with encode_video")
 
@@ -229,7 +230,7 @@ class HFXCLIPAdapter(_CausalCLIPText):
         b, t = frames.shape[:2]
         expected = m.config.vision_config.num_frames
         if t != expected:
-            raise ValueError(f"{self.family}: clips of {t} frames, but the model was built for num_frames={expected} "
+            raise InvalidInputError(f"{self.family}: clips of {t} frames, but the model was built for num_frames={expected} "
                              "(its message attention groups that many frames); sample that many frames per clip")
         # Items by index, as XCLIPModel.forward reads them: outputs and tuples (return_dict=False) alike.
         hidden, pooled = m.vision_model(pixel_values=frames.flatten(0, 1))[:2]

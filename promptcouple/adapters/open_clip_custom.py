@@ -21,6 +21,7 @@ from torch import nn
 from promptcouple.adapters.base import HostAdapter, UnsupportedHostError, first_tensor
 from promptcouple.adapters.open_clip import TextTowerPath, is_open_clip_vit, open_clip_vision_site
 from promptcouple.adapters.timm import has_token_sequence, is_rotary, timm_vision_site, with_prompt_rotations
+from promptcouple.errors import InvalidInputError
 
 CLIP_VOCAB = 49408  # open_clip's CLIP tokenizer, the default when the caller gives none
 
@@ -120,7 +121,7 @@ class OpenClipCustomAdapter(HostAdapter):
     def default_tokenizer(self):
         vocab = self.text.embedding.num_embeddings
         if vocab != CLIP_VOCAB:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.family}: the text tower has a vocabulary of {vocab} tokens, not the {CLIP_VOCAB} of "
                 "open_clip's CLIP tokenizer (the default); pass the model's own, "
                 "tokenizer=open_clip.get_tokenizer('<model name>')")

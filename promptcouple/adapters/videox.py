@@ -25,6 +25,7 @@ from torch import nn
 
 from promptcouple.adapters.base import UnsupportedHostError
 from promptcouple.adapters.openai import OpenAIAdapter, has_openai_layout
+from promptcouple.errors import InvalidInputError
 
 
 def _is_xclip(model: nn.Module) -> bool:
@@ -47,7 +48,7 @@ class XCLIPAdapter(OpenAIAdapter):
         """``(video (B, D), patch tokens averaged over time (B, P, D))``, as the host's forward has them."""
         frames_per_video = getattr(self.model.mit, "T", None)
         if frames_per_video is not None and frames.shape[1] != frames_per_video:
-            raise ValueError(f"this X-CLIP was built for T={frames_per_video} frames per video, got clips of "
+            raise InvalidInputError(f"this X-CLIP was built for T={frames_per_video} frames per video, got clips of "
                              f"{frames.shape[1]} frames; sample {frames_per_video} frames per video")
         video, patches = self.model.encode_video(frames)
         return video, patches.mean(dim=1)

@@ -10,6 +10,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from promptcouple.errors import InvalidInputError, MissingFileError, RunError
 from promptcouple.fileio import PathLike
 
 from .decode import DECODE_ERRORS, VideoDecodeError, read_frame_folder, read_video_frames
@@ -100,23 +101,23 @@ class VideoListDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+            raise InvalidInputError(f"num_frames must be >= 1, got {num_frames}")
         if train and (num_clips != 1 or num_crops != 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"num_clips={num_clips} / num_crops={num_crops} are evaluation views; training samples one "
                 "random clip and crop per item. Pass train=False for multi-view evaluation."
             )
         if num_clips < 1:
-            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+            raise InvalidInputError(f"num_clips must be >= 1, got {num_clips}")
         if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+            raise InvalidInputError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
 
         if isinstance(labels, (str, os.PathLike)):
             self.classnames: list[str] = read_label_csv(labels)
         else:
             self.classnames = [str(n) for n in labels]
             if not self.classnames:
-                raise ValueError("labels is an empty list of class names")
+                raise InvalidInputError("labels is an empty list of class names")
         self.list_file = Path(list_file)
         self.records: list[VideoRecord] = read_video_list(
             list_file, list_format=list_format, num_classes=len(self.classnames)
@@ -159,7 +160,7 @@ class VideoListDataset(Dataset):
             kind = "frame folders" if self.list_format == "frames" else "video files"
             shown = "\n".join(missing[:_MAX_LISTED_MISSING])
             more = f"\n  ... and {len(missing) - _MAX_LISTED_MISSING} more" if len(missing) > _MAX_LISTED_MISSING else ""
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{len(missing)} of {len(self.records)} {kind} listed in {self.list_file} do not exist "
                 f"(root={str(self.root) if self.root else None!r}):\n{shown}{more}\n"
                 "Fix the root (paths in the list are relative to it), or remove these lines from the list."
@@ -171,7 +172,7 @@ class VideoListDataset(Dataset):
         if not empty:
             return
         if len(empty) == len(self.records):
-            raise ValueError(f"every entry of {self.list_file} is listed with 0 frames; re-extract the frames")
+            raise InvalidInputError(f"every entry of {self.list_file} is listed with 0 frames; re-extract the frames")
         if self.on_error == "raise":
             lines = [self.records[i].line for i in empty]
             raise VideoDecodeError(
@@ -235,11 +236,11 @@ class VideoListDataset(Dataset):
                 if failures >= self.max_failures:
                     break
         if failures < self.max_failures:
-            raise RuntimeError(
+            raise RunError(
                 f"no item of {self.list_file} can be decoded any more ({len(self._bad)} of {n} failed or are empty); "
                 "check the root, the list format and that PyAV decodes one file by hand"
             )
-        raise RuntimeError(
+        raise RunError(
             f"{failures} videos in a row failed to decode starting at item {index} of {self.list_file} "
             f"(last: {self.skipped[-1] if self.skipped else None}); the data or the PyAV/FFmpeg setup is broken, "
             "not a single file. Check the root, the list format and that PyAV decodes one file by hand."

@@ -43,7 +43,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from promptcouple.errors import VideoDecodeError
+from promptcouple.errors import InvalidInputError, VideoDecodeError
 
 __all__ = [
     "VideoDecodeError",
@@ -499,12 +499,12 @@ def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "") or "auto"
         if backend not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={backend!r}: expected one of {BACKENDS}")
+            raise InvalidInputError(f"{BACKEND_ENV}={backend!r}: expected one of {BACKENDS}")
     if backend == "auto":
         installed = available_backends()
         return next(b for b in _AUTO_ORDER + ("pyav",) if b in installed)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "pyav" and not _installed(backend):
         raise ImportError(
             f"video backend {backend!r} is not installed (installed: {available_backends()}); "
@@ -553,12 +553,12 @@ def read_video_frames(
     """
     path = str(path)
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InvalidInputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if threads is not None and threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: FFmpeg's choice), got {threads}")
+        raise InvalidInputError(f"threads must be >= 0 (0: FFmpeg's choice), got {threads}")
     if strategy != "auto":
         if backend not in ("auto", "pyav"):
-            raise ValueError(f"strategy={strategy!r} is a PyAV strategy; with backend={backend!r} pass strategy='auto'")
+            raise InvalidInputError(f"strategy={strategy!r} is a PyAV strategy; with backend={backend!r} pass strategy='auto'")
         backend = "pyav"
     backend = _resolve_backend(backend)
     if backend != "pyav":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
-from promptcouple.errors import ListFormatError
+from promptcouple.errors import InvalidInputError, ListFormatError, MissingFileError
 from promptcouple.fileio import PathLike
 
 __all__ = [
@@ -109,10 +109,10 @@ def read_video_list(
             list without entries.
     """
     if list_format not in ("auto", "video", "frames"):
-        raise ValueError(f"list_format must be 'auto', 'video' or 'frames', got {list_format!r}")
+        raise InvalidInputError(f"list_format must be 'auto', 'video' or 'frames', got {list_format!r}")
     list_file = Path(list_file)
     if not list_file.is_file():
-        raise FileNotFoundError(f"video list {str(list_file)!r} does not exist")
+        raise MissingFileError(f"video list {str(list_file)!r} does not exist")
 
     records: list[VideoRecord] = []
     kind: str | None = None
@@ -187,7 +187,7 @@ def read_label_csv(label_file: PathLike) -> list[str]:
     """
     label_file = Path(label_file)
     if not label_file.is_file():
-        raise FileNotFoundError(f"label file {str(label_file)!r} does not exist")
+        raise MissingFileError(f"label file {str(label_file)!r} does not exist")
     names: dict[int, str] = {}
     lines: dict[str, int] = {}  # name -> the line it was first given on
     with open(label_file, encoding="utf-8-sig", newline="") as f:

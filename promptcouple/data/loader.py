@@ -8,6 +8,8 @@ from typing import Any, Iterable, Iterator, Optional
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from promptcouple.errors import InvalidInputError
+
 __all__ = ["cycle", "anchor_loader"]
 
 
@@ -45,7 +47,7 @@ def cycle(loader: Iterable, *, start_epoch: int = 0) -> Iterator[Any]:
             empty = False
             yield batch
         if empty:
-            raise ValueError(
+            raise InvalidInputError(
                 "cycle(): the loader yielded no batch in a whole pass (empty dataset, or drop_last=True with "
                 "fewer items than batch_size); give it at least one full batch"
             )
@@ -95,11 +97,11 @@ def anchor_loader(
     rank = rank if rank is not None else (dist.get_rank() if in_group else 0)
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
-        raise ValueError("anchor_loader: the anchor dataset is empty")
+        raise InvalidInputError("anchor_loader: the anchor dataset is empty")
     per_rank = math.ceil(n / world_size)
     if drop_last and per_rank < batch_size:
         shards = f" ({per_rank} per process of {world_size})" if world_size > 1 else ""
-        raise ValueError(f"anchor_loader: {n} anchor videos{shards} < batch_size={batch_size} with drop_last=True; "
+        raise InvalidInputError(f"anchor_loader: {n} anchor videos{shards} < batch_size={batch_size} with drop_last=True; "
                          "lower batch_size, add anchor videos or pass drop_last=False")
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(

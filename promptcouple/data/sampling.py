@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from promptcouple.errors import InvalidInputError
+
 __all__ = ["segment_indices", "clip_indices"]
 
 
@@ -39,11 +41,11 @@ def segment_indices(
         ``T`` 0-based frame indices.
     """
     if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        raise InvalidInputError(f"num_frames must be >= 1, got {num_frames}")
     if num_segments < 1:
-        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        raise InvalidInputError(f"num_segments must be >= 1, got {num_segments}")
     if not 0 <= clip < num_clips:
-        raise ValueError(f"clip must be in [0, num_clips={num_clips}), got {clip}")
+        raise InvalidInputError(f"clip must be in [0, num_clips={num_clips}), got {clip}")
     n, t = num_frames, num_segments
     if train:
         starts = [(i * n) // t for i in range(t)]

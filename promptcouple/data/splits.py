@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from promptcouple.constants import class_key
+from promptcouple.errors import InvalidInputError
 from promptcouple.fileio import PathLike
 
 from .lists import ListFormatError, VideoRecord, read_label_csv, read_video_list, write_label_csv, write_video_list
@@ -94,18 +95,18 @@ def base_novel_split(
     k = len(classnames)
     num_base = math.ceil(k / 2) if num_base is None else int(num_base)
     if not 0 < num_base < k:
-        raise ValueError(f"num_base must be in [1, {k - 1}] for {k} classes, got {num_base}")
+        raise InvalidInputError(f"num_base must be in [1, {k - 1}] for {k} classes, got {num_base}")
     if method == "id":
         base = list(range(num_base))
     elif method == "random":
         base = random.Random(seed).sample(range(k), num_base)
     elif method == "frequency":
         if records is None:
-            raise ValueError("method='frequency' counts videos per class: pass records=read_video_list(train_list)")
+            raise InvalidInputError("method='frequency' counts videos per class: pass records=read_video_list(train_list)")
         counts = Counter(r.label for r in records)
         base = sorted(range(k), key=lambda c: (-counts.get(c, 0), c))[:num_base]
     else:
-        raise ValueError(f"method must be 'id', 'frequency' or 'random', got {method!r}")
+        raise InvalidInputError(f"method must be 'id', 'frequency' or 'random', got {method!r}")
     base_set = set(base)
     return ClassSplit(tuple(sorted(base)), tuple(c for c in range(k) if c not in base_set))
 
@@ -128,10 +129,10 @@ def split_from_names(
     def lookup(names: Sequence[str], what: str) -> tuple[int, ...]:
         unknown = [n for n in names if n not in ids]
         if unknown:
-            raise ValueError(f"{what} classes not in the full label file: {unknown[:10]} (names must match exactly)")
+            raise InvalidInputError(f"{what} classes not in the full label file: {unknown[:10]} (names must match exactly)")
         if len(set(names)) != len(names):
             dup = [n for n, c in Counter(names).items() if c > 1]
-            raise ValueError(f"{what} classes listed twice: {dup[:10]}")
+            raise InvalidInputError(f"{what} classes listed twice: {dup[:10]}")
         return tuple(ids[n] for n in names)
 
     base = lookup(base_names, "base")
@@ -142,7 +143,7 @@ def split_from_names(
     )
     overlap = set(base) & set(novel)
     if overlap:
-        raise ValueError(f"base and novel share classes: {[classnames[c] for c in sorted(overlap)][:10]}")
+        raise InvalidInputError(f"base and novel share classes: {[classnames[c] for c in sorted(overlap)][:10]}")
     return ClassSplit(base, novel)
 
 
@@ -166,7 +167,7 @@ def _check_enough(groups: dict[int, list[VideoRecord]], need: int, num_classes: 
     short = [(c, len(groups.get(c, []))) for c in labels if len(groups.get(c, [])) < need]
     if short:
         listed = ", ".join(f"class {c}: {n}" for c, n in short[:10])
-        raise ValueError(
+        raise InvalidInputError(
             f"{len(short)} classes have fewer than {need} videos ({listed}{' ...' if len(short) > 10 else ''}); "
             "lower the shots, or pass allow_fewer=True (--allow-fewer) to take all videos of those classes"
         )
@@ -193,7 +194,7 @@ def k_shot_split(
         Entries grouped by class (increasing id), in drawing order within a class.
     """
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise InvalidInputError(f"shots must be >= 1, got {shots}")
     groups = _by_class(records)
     if not allow_fewer:
         _check_enough(groups, shots, num_classes)
@@ -223,9 +224,9 @@ def k_shot_splits(
     if not disjoint:
         return {s: k_shot_split(records, shots, s, num_classes=num_classes, allow_fewer=allow_fewer) for s in seeds}
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise InvalidInputError(f"shots must be >= 1, got {shots}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        raise InvalidInputError(f"seeds must be distinct, got {list(seeds)}")
     groups = _by_class(records)
     if not allow_fewer:
         _check_enough(groups, shots * len(seeds), num_classes)
@@ -271,22 +272,22 @@ def select_classes(
         index.setdefault(class_key(name), i)
     if keep is not None:
         if exclude or num is not None:
-            raise ValueError("keep takes the classes as given; it does not combine with exclude or num")
+            raise InvalidInputError("keep takes the classes as given; it does not combine with exclude or num")
         unknown = [n for n in keep if class_key(n) not in index]
         if unknown:
-            raise ValueError(f"{len(unknown)} classes to keep are not in the label file: {unknown[:10]}")
+            raise InvalidInputError(f"{len(unknown)} classes to keep are not in the label file: {unknown[:10]}")
         ids = [index[class_key(n)] for n in keep]
         dup = sorted({classnames[i] for i in ids if ids.count(i) > 1})
         if dup:
-            raise ValueError(f"classes to keep listed twice: {dup[:10]}")
+            raise InvalidInputError(f"classes to keep listed twice: {dup[:10]}")
         return tuple(ids)
     dropped = {class_key(n) for n in exclude}
     remaining = [i for i, name in enumerate(classnames) if class_key(name) not in dropped]
     if not remaining:
-        raise ValueError(f"all {len(classnames)} classes are excluded")
+        raise InvalidInputError(f"all {len(classnames)} classes are excluded")
     if num is not None:
         if not 0 < num <= len(remaining):
-            raise ValueError(f"num must be in [1, {len(remaining)}] (classes left after exclusion), got {num}")
+            raise InvalidInputError(f"num must be in [1, {len(remaining)}] (classes left after exclusion), got {num}")
         remaining = sorted(random.Random(f"promptcouple-classes:{seed}").sample(remaining, num))
     return tuple(remaining)
 
@@ -346,9 +347,9 @@ def _cmd_few_shot(args: argparse.Namespace) -> None:
 
 def _cmd_classes(args: argparse.Namespace) -> None:
     if not (args.train or args.val):
-        raise ValueError("give --train and/or --val: the lists to take the classes' videos from")
+        raise InvalidInputError("give --train and/or --val: the lists to take the classes' videos from")
     if args.shots > 0 and not args.train:
-        raise ValueError("--shots draws from the training list: give --train")
+        raise InvalidInputError("--shots draws from the training list: give --train")
     names = read_label_csv(args.labels)
     exclude = [n for f in args.exclude for n in read_label_csv(f)]
     keep = read_label_csv(args.classes) if args.classes else None

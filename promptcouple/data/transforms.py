@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from promptcouple.constants import CLIP_MEAN, CLIP_STD
+from promptcouple.errors import InvalidInputError
 
 __all__ = [
     "CLIP_MEAN",
@@ -50,7 +51,7 @@ class MultiScaleCrop(v2.Transform):
     def __init__(self, size: int, scales: Sequence[float] = MULTISCALE_SCALES, max_distort: int = 1) -> None:
         super().__init__()
         if not scales or any(not 0 < s <= 1 for s in scales):
-            raise ValueError(f"scales must be fractions in (0, 1], got {scales}")
+            raise InvalidInputError(f"scales must be fractions in (0, 1], got {scales}")
         self.size = int(size)
         self.scales = tuple(float(s) for s in scales)
         self.max_distort = int(max_distort)
@@ -111,7 +112,7 @@ class TrainTransform:
         elif crop == "random_resized":
             ops = [v2.RandomResizedCrop(size, scale=area, antialias=True)]
         else:
-            raise ValueError(f"crop must be 'multiscale' or 'random_resized', got {crop!r}")
+            raise InvalidInputError(f"crop must be 'multiscale' or 'random_resized', got {crop!r}")
         if flip:
             ops.append(v2.RandomHorizontalFlip())
         if grayscale > 0:
@@ -149,7 +150,7 @@ class EvalTransform:
         std: Sequence[float] = CLIP_STD,
     ) -> None:
         if num_crops not in (1, 3):
-            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+            raise InvalidInputError(f"num_crops must be 1 or 3, got {num_crops}")
         self.size = int(size)
         self.num_crops = num_crops
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from promptcouple.anchors import AnchorOverlapError, check_anchor_overlap
 from promptcouple.constants import CLIP_MEAN, CLIP_STD
+from promptcouple.errors import InvalidInputError
 from promptcouple.fileio import PathLike
 from promptcouple.train.config import ConfigError, TrainConfig
 
@@ -50,19 +51,19 @@ class ClipTensorDataset(Dataset):
             keys, meta = set(f.keys()), f.metadata() or {}
             missing = {"frames", "labels"} - keys
             if missing:
-                raise ValueError(f"clip file {self.path!r} lacks tensor(s) {sorted(missing)}; "
+                raise InvalidInputError(f"clip file {self.path!r} lacks tensor(s) {sorted(missing)}; "
                                  "expected 'frames' (N, T, 3, H, W) and 'labels' (N,)")
             frames, labels = f.get_tensor("frames"), f.get_tensor("labels")
         if frames.ndim == 5:
             frames = frames.unsqueeze(1)
         if frames.ndim != 6 or frames.shape[3] != 3:
-            raise ValueError(f"clip file {self.path!r}: frames have shape {tuple(frames.shape)}, "
+            raise InvalidInputError(f"clip file {self.path!r}: frames have shape {tuple(frames.shape)}, "
                              "expected (N, T, 3, H, W) or (N, V, T, 3, H, W)")
         if labels.ndim != 1 or labels.shape[0] != frames.shape[0] or labels.is_floating_point():
-            raise ValueError(f"clip file {self.path!r}: labels must be ({frames.shape[0]},) integers, "
+            raise InvalidInputError(f"clip file {self.path!r}: labels must be ({frames.shape[0]},) integers, "
                              f"got {labels.dtype} {tuple(labels.shape)}")
         if frames.shape[0] == 0:
-            raise ValueError(f"clip file {self.path!r} holds no clips")
+            raise InvalidInputError(f"clip file {self.path!r} holds no clips")
         if labels_csv is not None:
             from promptcouple.data.lists import read_label_csv
 
@@ -70,10 +71,10 @@ class ClipTensorDataset(Dataset):
         elif "classnames" in meta:
             self.classnames = list(json.loads(meta["classnames"]))
         else:
-            raise ValueError(f"clip file {self.path!r} stores no class names; give a label CSV")
+            raise InvalidInputError(f"clip file {self.path!r} stores no class names; give a label CSV")
         k = len(self.classnames)
         if labels.min() < 0 or labels.max() >= k:
-            raise ValueError(f"clip file {self.path!r}: labels span {labels.min().item()}..{labels.max().item()} "
+            raise InvalidInputError(f"clip file {self.path!r}: labels span {labels.min().item()}..{labels.max().item()} "
                              f"but there are {k} classes (ids 0..{k - 1})")
         self.frames, self.labels = frames, labels.long()
 
