@@ -293,7 +293,31 @@ def read_prompt_file(path: PathLike) -> PromptFile:
         if stored is not None and stored != width:
             raise PromptFileError(f"{path}: metadata {key!r} is {stored} but {tensor_key} is {width} wide; "
                                   "the file is damaged")
+    _check_json_metadata(metadata, tensors, str(path))
     return PromptFile(tensors, config, metadata)
+
+
+def _check_json_metadata(metadata: dict[str, str], tensors: dict[str, torch.Tensor], where: str) -> None:
+    """The JSON metadata fields decode to what their readers expect (``coupled``, ``train_host``, run info)."""
+    def decoded(key: str, default: str):
+        try:
+            return json.loads(metadata.get(key, default))
+        except ValueError:
+            raise PromptFileError(f"{where}: metadata {key!r} is not valid JSON: {metadata[key][:80]!r}") from None
+
+    coupled = decoded("coupled", json.dumps("coupling.weight" in tensors))
+    if coupled is not ("coupling.weight" in tensors):
+        raise PromptFileError(f"{where}: metadata 'coupled' is {metadata.get('coupled')!r} but the file "
+                              f"{'has' if 'coupling.weight' in tensors else 'has no'} coupling layer; the file is damaged")
+    train_host = decoded("train_host", "[]")
+    if not (isinstance(train_host, list) and all(isinstance(m, str) for m in train_host)):
+        raise PromptFileError(f"{where}: metadata 'train_host' is {metadata['train_host'][:80]!r}, expected a JSON "
+                              "list of submodule names")
+    try:
+        run_info_of(metadata)
+    except (ValueError, TypeError) as err:
+        raise PromptFileError(f"{where}: run information in the metadata cannot be read ({err}); keys "
+                              f"{[k for k in RUN_INFO_KEYS if k in metadata]}") from None
 
 
 def load_prompts(path: PathLike) -> PromptFile:

@@ -106,6 +106,9 @@ def f(tmp_path_factory) -> SimpleNamespace:
     n.misshaped = _variant(n.good, d / "misshaped.safetensors", {"text.deep.1": torch.zeros(4, 16)})
     n.width = _variant(n.good, d / "width.safetensors", metadata={"text_width": "64"})
     n.not_prompts = _variant(n.good, d / "notprompts.safetensors", drop=["format"])
+    n.coupled_flag = _variant(n.good, d / "coupledflag.safetensors", metadata={"coupled": "false"})
+    n.train_host = _variant(n.good, d / "trainhost.safetensors", metadata={"train_host": '"mit"'})
+    n.run_info = _variant(n.good, d / "runinfo.safetensors", metadata={"num_frames": "eight"})
     n.garbage = d / "garbage.safetensors"
     n.garbage.write_bytes(b"\x00" * 5 + b"not a safetensors file")
     n.truncated_prompts = d / "truncated.safetensors"
@@ -181,6 +184,12 @@ API_CASES = [
     ("misshaped-deep", lambda f: pc.read_prompt_file(f.misshaped), PromptFileError,
      ["'text.deep.1'", "(4, 16)", "expected (4, 32)"]),
     ("width-metadata", lambda f: pc.read_prompt_file(f.width), PromptFileError, ["'text_width'", "64", "32 wide"]),
+    ("coupled-metadata", lambda f: pc.read_prompt_file(f.coupled_flag), PromptFileError,
+     ["'coupled'", "'false'", "has coupling layer"]),
+    ("train-host-metadata", lambda f: pc.read_prompt_file(f.train_host), PromptFileError,
+     ["'train_host'", "JSON list"]),
+    ("run-info-metadata", lambda f: pc.read_prompt_file(f.run_info), PromptFileError,
+     ["run information", "num_frames"]),
     ("not-a-prompt-file", lambda f: pc.read_prompt_file(f.not_prompts), PromptFileError,
      ["not a promptcouple prompt file"]),
     ("garbage-file", lambda f: pc.read_prompt_file(f.garbage), PromptFileError, ["not a readable safetensors"]),
