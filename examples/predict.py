@@ -56,7 +56,8 @@ def main() -> None:
         "prompts: {n_ctx: 4, text_depth: 2, vision_depth: 2, n_vision_ctx: 4}\n"
         "data: {train_list: videos/list.txt, labels: videos/labels.csv, val_list: videos/list.txt, root: videos,\n"
         "       image_size: 32, num_frames: 4}\n"
-        f"optim: {{epochs: 3, warmup_epochs: 1, batch_size: 4, lr: 1.0e-2}}\nrun: {{progress: false, output_dir: {run}}}\n")
+        "optim: {epochs: 3, warmup_epochs: 1, batch_size: 4, lr: 1.0e-2}\n"
+        f"run: {{progress: false, output_dir: {run}}}\n")
     promptcouple_command(["train", str(root / "cfg.yaml")])
     prompts, video = run / "prompts.safetensors", videos / "clip2.mp4"
 
@@ -73,7 +74,8 @@ def main() -> None:
     frames = pc.load_video(video, num_frames=info.num_frames, image_size=info.image_size)  # (T, 3, S, S)
     with torch.no_grad():
         probs = predictor.wrapper(frames[None], predictor.classnames).softmax(-1)[0]
-    print("by hand:  ", ", ".join(f"{predictor.classnames[i]} {probs[i]:.3f}" for i in probs.argsort(descending=True)[:3]))
+    best = probs.argsort(descending=True)[:3]
+    print("by hand:  ", ", ".join(f"{predictor.classnames[i]} {probs[i]:.3f}" for i in best))
     print("same probabilities as predict:", torch.allclose(probs, torch.tensor(result.probabilities), atol=1e-6))
 
 

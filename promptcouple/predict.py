@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from promptcouple.errors import InvalidInputError, MissingFileError
 from promptcouple.fileio import PathLike, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ def video_files(path: PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} does not exist; expected a video file or a folder of videos")
+        raise MissingFileError(f"{str(path)!r} does not exist; expected a video file or a folder of videos")
     found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
     if not found:
-        raise FileNotFoundError(f"{str(path)!r} holds no video files (looked for {', '.join(VIDEO_EXTENSIONS)}, "
+        raise MissingFileError(f"{str(path)!r} holds no video files (looked for {', '.join(VIDEO_EXTENSIONS)}, "
                                 "recursively); fix: give a video file or a folder that holds some")
     return found
 
@@ -84,8 +85,8 @@ def resolve_classes(classes: Union[None, str, Sequence[str]], info: dict) -> tup
         recorded["all"] = list(dict.fromkeys(names))
     if classes is None:
         if recorded["train"] is None:
-            raise ValueError("the prompt file records no class names (written before promptcouple recorded them, or "
-                             "by `promptcouple convert`); fix: --classes labels.csv or --classes 'a,b,c'")
+            raise InvalidInputError("the prompt file records no class names (written before promptcouple recorded "
+                                    "them, or by `promptcouple convert`); fix: --classes labels.csv or 'a,b,c'")
         return list(recorded["train"]), "the training classes recorded in the prompt file"
     if not isinstance(classes, str):
         names, source = [str(c) for c in classes], "given"
@@ -96,14 +97,15 @@ def resolve_classes(classes: Union[None, str, Sequence[str]], info: dict) -> tup
     elif classes in CLASS_SETS:
         if recorded.get(classes) is None:
             have = [k for k, v in recorded.items() if v]
-            raise ValueError(f"--classes {classes}: the prompt file records no {classes!r} classes "
-                             f"(it records: {', '.join(have) or 'none'}); fix: name a label CSV or list the classes")
+            raise InvalidInputError(f"--classes {classes}: the prompt file records no {classes!r} classes "
+                                    f"(it records: {', '.join(have) or 'none'}); fix: name a label CSV or list the "
+                                    "classes")
         names, source = list(recorded[classes]), f"the recorded {classes!r} classes"
     else:
         names, source = [n.strip() for n in classes.split(",") if n.strip()], "--classes"
     if len(names) < 2:
-        raise ValueError(f"--classes {classes!r}: found {len(names)} class name(s), expected at least two; fix: a "
-                         f"label CSV that exists, 'a,b,c', or one of {', '.join(CLASS_SETS)}")
+        raise InvalidInputError(f"--classes {classes!r}: found {len(names)} class name(s), expected at least two; "
+                                f"fix: a label CSV that exists, 'a,b,c', or one of {', '.join(CLASS_SETS)}")
     return names, source
 
 
@@ -120,7 +122,7 @@ class Predictor:
 
     Raises:
         ConfigError: No way to rebuild the backbone, or one that differs from the recorded one.
-        ValueError: Bad class names.
+        InvalidInputError: Bad class names.
     """
 
     def __init__(self, prompts: PathLike, *, classes: Union[None, str, Sequence[str]] = None,

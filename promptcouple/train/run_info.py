@@ -149,7 +149,8 @@ def config_from_run_info(info: dict) -> TrainConfig:
             raise ConfigError(f"model.{key}: {value!r} has sha256 {found[:12]}..., but the prompts were trained "
                               f"on a file with sha256 {digest[:12]}...; expected the same backbone; "
                               "fix: restore that file, or pass --config naming the right one")
-    model = ModelConfig(name=b["name"], pretrained=b.get("pretrained"), backbone_checkpoint=b.get("backbone_checkpoint"),
+    model = ModelConfig(name=b["name"], pretrained=b.get("pretrained"),
+                        backbone_checkpoint=b.get("backbone_checkpoint"),
                         trust_checkpoint=bool(b.get("trust_checkpoint", False)))
     data = DataConfig(num_frames=int(info.get("num_frames", DataConfig.num_frames)),
                       image_size=int(info.get("image_size", DataConfig.image_size)))
