@@ -75,6 +75,13 @@ class RunLock:
         self._fd = fd
         return self
 
+    def __del__(self) -> None:
+        # A Trainer dropped without fit() must not keep its folder locked for the process's life.
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 (interpreter shutdown: nothing left to do)
+            pass
+
     def release(self) -> None:
         """Remove the lock file and drop the lock (in this order: no one can take a lock on a file
         that is about to disappear)."""
