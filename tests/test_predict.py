@@ -216,6 +216,10 @@ def test_run_folder_explains_itself(run):
     assert 100.0 * correct / 8 == pytest.approx(results["eval"]["val"]["top1"])
     assert sum(float(r["top1"]) * 2 for r in per_class) / 8 == pytest.approx(results["eval"]["val"]["top1"])
     assert (out / "eval" / "val_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("prompts.safetensors", "checkpoint.pt", "config.yaml", "results.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # as any program's outputs
 
 
 def test_cli_summary_and_saved_to(run, tmp_path, capsys):
