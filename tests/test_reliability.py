@@ -438,7 +438,8 @@ def test_stale_class_features_are_not_served(f):
 
 def test_two_train_processes_into_one_folder(f, tmp_path):
     out = tmp_path / "run"
-    cfg = _config_yaml(tmp_path / "cfg.yaml", f.data, out, epochs=40)
+    epochs = 10  # long enough (seconds) for the second process to start while the first one trains
+    cfg = _config_yaml(tmp_path / "cfg.yaml", f.data, out, epochs=epochs)
     first = subprocess.Popen([sys.executable, "-m", "promptcouple", "train", str(cfg)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -457,10 +458,10 @@ def test_two_train_processes_into_one_folder(f, tmp_path):
         assert "already holds a checkpoint" in line
     # The first run's outputs are its own and complete.
     results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "finished" and [h["epoch"] for h in results["history"]] == list(range(1, 41))
+    assert results["status"] == "finished" and [h["epoch"] for h in results["history"]] == list(range(1, epochs + 1))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records].count("start") == 1
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(1, 41))
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 40
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(1, epochs + 1))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == epochs
     pc.CouplingPromptWrapper.from_pretrained(tiny_clip(), out / "prompts.safetensors")
     assert not (out / LOCK_NAME).exists()
