@@ -130,7 +130,7 @@ class Predictor:
         from promptcouple.io import read_prompt_file, run_info_of
         from promptcouple.train.config import TrainConfig, load_config
         from promptcouple.train.hosts import build_wrapper
-        from promptcouple.train.run_info import config_from_run_info, run_config_path
+        from promptcouple.train.run_info import check_backbone, config_from_run_info, run_config_path
 
         pf = read_prompt_file(prompts)
         info = run_info_of(pf.metadata)
@@ -143,6 +143,7 @@ class Predictor:
             cfg, self.config_source = load_config(found), str(found)
         else:
             cfg, self.config_source = config_from_run_info(info), "the prompt file's run information"
+        check_backbone(cfg, info)
         self.cfg = cfg
         self.classnames, self.classes_source = resolve_classes(classes, info)
         if device == "auto":

@@ -158,6 +158,13 @@ def test_backbone_checkpoint_hash_is_checked(tmp_path):
         config_from_run_info(info)
 
 
+def test_a_config_naming_another_backbone_is_refused(run, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(run["cfg"].read_text().replace("name: tiny", "name: tiny-quickgelu"))
+    with pytest.raises(ConfigError, match="trained on 'tiny'"):
+        Predictor(run["prompts"], config=other)
+
+
 def test_classes_option():
     info = {"classnames": ["a", "b"], "eval_classnames": {"base": ["a", "b"], "novel": ["c", "d"]}}
     assert resolve_classes(None, info)[0] == ["a", "b"]

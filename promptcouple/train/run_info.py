@@ -121,6 +121,39 @@ def load_run_config(path: PathLike, overrides: Optional[list] = None) -> TrainCo
     return load_config(found, overrides)
 
 
+def _check_files(recorded: dict, used: dict) -> None:
+    """Each local file ``used`` names (``pretrained``, ``backbone_checkpoint``) has the recorded hash."""
+    for key in ("pretrained", "backbone_checkpoint"):
+        value, digest = used.get(key), recorded.get(f"{key}_sha256")
+        if digest is None:
+            continue
+        if value is None or not os.path.isfile(value):
+            raise ConfigError(f"model.{key}: the prompts were trained on {recorded.get(key)!r} "
+                              f"(sha256 {digest[:12]}...), but {value!r} does not exist here; "
+                              "fix: pass --config with a config naming its new place")
+        found = sha256_of(value)
+        if found != digest:
+            raise ConfigError(f"model.{key}: {value!r} has sha256 {found[:12]}..., but the prompts were trained "
+                              f"on a file with sha256 {digest[:12]}...; expected the same backbone; "
+                              "fix: restore that file, or pass --config naming the right one")
+
+
+def check_backbone(cfg: TrainConfig, info: dict) -> None:
+    """The backbone ``cfg`` builds is the one the prompt file was trained on, as far as it records:
+    the same model name and files with the same hashes.
+
+    Raises:
+        ConfigError: Another model, or a checkpoint that is missing or changed.
+    """
+    b = info.get("backbone")
+    if not b:
+        return  # nothing recorded (converted or older files): nothing to compare
+    if cfg.model.name != b["name"]:
+        raise ConfigError(f"model.name: the config names {cfg.model.name!r}, but the prompts were trained on "
+                          f"{b['name']!r}; expected the same backbone; fix: a config with model.name: {b['name']}")
+    _check_files(b, {"pretrained": cfg.model.pretrained, "backbone_checkpoint": cfg.model.backbone_checkpoint})
+
+
 def config_from_run_info(info: dict) -> TrainConfig:
     """A config that rebuilds the backbone a prompt file records (model, frames, image size, seed).
 
@@ -137,18 +170,7 @@ def config_from_run_info(info: dict) -> TrainConfig:
         raise ConfigError("the prompt file records no backbone (written before promptcouple recorded it, or by "
                           "`promptcouple convert`); expected run information from `promptcouple train`; "
                           "fix: pass --config with the run's YAML config, or keep the prompt file in its run folder")
-    for key in ("pretrained", "backbone_checkpoint"):
-        value, digest = b.get(key), b.get(f"{key}_sha256")
-        if digest is None:
-            continue
-        if not os.path.isfile(value):
-            raise ConfigError(f"model.{key}: the prompt file was trained on {value!r} (sha256 {digest[:12]}...), "
-                              "which does not exist here; fix: pass --config with a config naming its new place")
-        found = sha256_of(value)
-        if found != digest:
-            raise ConfigError(f"model.{key}: {value!r} has sha256 {found[:12]}..., but the prompts were trained "
-                              f"on a file with sha256 {digest[:12]}...; expected the same backbone; "
-                              "fix: restore that file, or pass --config naming the right one")
+    _check_files(b, b)
     model = ModelConfig(name=b["name"], pretrained=b.get("pretrained"),
                         backbone_checkpoint=b.get("backbone_checkpoint"),
                         trust_checkpoint=bool(b.get("trust_checkpoint", False)))
