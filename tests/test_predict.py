@@ -163,6 +163,9 @@ def test_a_config_naming_another_backbone_is_refused(run, tmp_path):
     other.write_text(run["cfg"].read_text().replace("name: tiny", "name: tiny-quickgelu"))
     with pytest.raises(ConfigError, match="trained on 'tiny'"):
         Predictor(run["prompts"], config=other)
+    other.write_text(run["cfg"].read_text().replace("seed: 3", "seed: 4"))
+    with pytest.raises(ConfigError, match="model of seed 3"):
+        Predictor(run["prompts"], config=other)
 
 
 def test_classes_option():

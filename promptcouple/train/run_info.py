@@ -151,6 +151,9 @@ def check_backbone(cfg: TrainConfig, info: dict) -> None:
     if cfg.model.name != b["name"]:
         raise ConfigError(f"model.name: the config names {cfg.model.name!r}, but the prompts were trained on "
                           f"{b['name']!r}; expected the same backbone; fix: a config with model.name: {b['name']}")
+    if "seed" in b and cfg.run.seed != b["seed"]:  # a random built-in model is a function of its seed
+        raise ConfigError(f"run.seed: {cfg.run.seed}, but the prompts were trained on the random {b['name']!r} "
+                          f"model of seed {b['seed']}; fix: --set run.seed={b['seed']}")
     _check_files(b, {"pretrained": cfg.model.pretrained, "backbone_checkpoint": cfg.model.backbone_checkpoint})
 
 
