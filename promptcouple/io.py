@@ -332,6 +332,8 @@ def load_prompts_into(wrapper, source: Union[PathLike, PromptFile]) -> None:
     """Copy a prompt file's tensors into ``wrapper.prompts``; nothing changes unless all keys fit."""
     pf = source if isinstance(source, PromptFile) else read_prompt_file(source)
     name = "prompt file" if isinstance(source, PromptFile) else str(source)
+    if isinstance(source, PromptFile):  # built in memory: not checked by read_prompt_file
+        check_prompt_tensors(pf.tensors, pf.config, name)
     expected = wrapper_tensors(wrapper)
     missing = sorted(set(expected) - set(pf.tensors))
     unexpected = sorted(set(pf.tensors) - set(expected))

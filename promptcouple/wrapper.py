@@ -431,7 +431,8 @@ class CouplingPromptWrapper(nn.Module):
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def clear_cache(self) -> None:
-        """Forget cached class features (needed only after editing the host's weights by hand)."""
+        """Forget cached class features: needed only after replacing host weights through ``p.data = ...``
+        (in-place edits, ``load_state_dict``, dtype and device changes are part of the cache key)."""
         self._feature_cache.clear()
 
     # ------------------------------------------------------------------------------------- I/O

@@ -200,6 +200,9 @@ API_CASES = [
     ("prompt-path-is-folder", lambda f: pc.read_prompt_file(f.folder), MissingFileError, ["found a directory"]),
     ("load-nan-into-wrapper", lambda f: _wrapper(torch.randn(4, 32)).load_prompts(f.nan), PromptFileError,
      ["non-finite"]),
+    ("load-nan-prompt-file-object", lambda f: _wrapper(torch.randn(4, 32)).load_prompts(
+        pc.PromptFile({**pc.read_prompt_file(f.good).tensors, "vision.ctx": torch.full((4, 32), float("inf"))},
+                      pc.CouplingConfig(**SMALL))), PromptFileError, ["'vision.ctx'", "non-finite"]),
     ("nan-hard-prompt", lambda f: _wrapper(torch.full((4, 32), float("nan"))), PromptFileError,
      ["hard prompt", "non-finite"]),
     ("int-hard-prompt", lambda f: _wrapper(torch.zeros(4, 32, dtype=torch.long)), PromptFileError,
