@@ -26,6 +26,7 @@ wrong while running. ``--debug`` or ``PROMPTCOUPLE_DEBUG=1`` shows the traceback
     ├── OutputConflictError (FileExistsError) an output that would overwrite an input or a run
     └── RunError (RuntimeError)               exit status 1: a fault while running
         ├── RunLockedError                    another run is writing the same folder
+        ├── TrainingDivergedError (FloatingPointError)  a loss that is NaN or infinite
         └── VideoDecodeError                  a video that cannot be decoded
 """
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 __all__ = ["PromptcoupleError", "InvalidInputError", "ConfigError", "ListFormatError", "AnchorOverlapError",
            "PromptFileError", "CheckpointError", "BackboneLoadError", "InvalidTypeError", "UnsupportedHostError",
-           "MissingFileError", "OutputConflictError", "RunError", "RunLockedError", "VideoDecodeError"]
+           "MissingFileError", "OutputConflictError", "RunError", "RunLockedError", "TrainingDivergedError",
+           "VideoDecodeError"]
 
 
 class PromptcoupleError(Exception):
@@ -99,6 +101,10 @@ class RunError(PromptcoupleError, RuntimeError):
 
 class RunLockedError(RunError):
     """Another process holds the run folder's lock."""
+
+
+class TrainingDivergedError(RunError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the fix."""
 
 
 class VideoDecodeError(RunError):

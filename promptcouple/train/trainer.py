@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from promptcouple.anchors import AnchorRegularizer
-from promptcouple.errors import PromptcoupleError
+from promptcouple.errors import PromptcoupleError, TrainingDivergedError
 from promptcouple.fileio import PathLike, atomic_write_text
 from promptcouple.io import save_prompts
 from promptcouple.guards import GaussianPromptAverage, SelfRegularizer
@@ -397,8 +397,8 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at epoch {epoch + 1}, micro-step {i + 1}; lower "
-                                         "optim.lr, or use bf16/fp32 instead of fp16")
+                raise TrainingDivergedError(f"loss is {value} at epoch {epoch + 1}, micro-step {i + 1}; lower "
+                                            "optim.lr, or use bf16/fp32 instead of fp16")
             for key, v in (("loss", value), ("ce", parts["ce"].item()), ("anchor", float(parts.get("anchor", 0.0)))):
                 sums[key] += v
                 window[key] += v
