@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from promptcouple.adapters import UnsupportedHostError
 from promptcouple.anchors import AnchorOverlapError, AnchorRegularizer
 from promptcouple.config import CouplingConfig
+from promptcouple.errors import PromptcoupleError, PromptFileError
 from promptcouple.io import PromptFile, load_prompts, read_prompt_file, save_prompts
 from promptcouple.text_consistency import TextConsistencyRegularizer
 from promptcouple.wrapper import CouplingPromptWrapper
@@ -22,6 +23,8 @@ __all__ = [
     "CouplingConfig",
     "CouplingPromptWrapper",
     "PromptFile",
+    "PromptFileError",
+    "PromptcoupleError",
     "TextConsistencyRegularizer",
     "UnsupportedHostError",
     "convert_checkpoint",
