@@ -397,7 +397,8 @@ class CouplingPromptWrapper(nn.Module):
         return cosine_logits(video, text.to(video.dtype), self.host.logit_scale, self.host.logit_bias)
 
     def forward(self, frames: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
-        """Logits ``(B, K)`` of videos ``(B, T, C, H, W)`` against prompted class names."""
+        """Logits ``(B, K)`` of videos ``(B, T, C, H, W)`` against prompted class names (distinct)."""
+        check_classnames(classnames, distinct=True)  # two classes of one name: two identical logits
         text = self.encode_text(classnames)
         video, context = self.encode_video(frames, return_tokens=True)
         return self.logits(video, text, context)
@@ -568,13 +569,16 @@ def _resolve_hard_prompts(hard: HardPrompts, shape: tuple[int, int]) -> Optional
     return hard.float()
 
 
-def check_classnames(classnames: Any) -> tuple[str, ...]:
+def check_classnames(classnames: Any, *, distinct: bool = False) -> tuple[str, ...]:
     """Class names as a tuple, refusing what would silently train or evaluate the wrong classes.
+
+    ``distinct``: also refuse a name given twice, where the names are classes to tell apart
+    (``forward``); text features of a list with repeats (class names and anchor labels in one
+    pass) are well defined.
 
     Raises:
         InvalidInputError: A plain string (it would become one class per letter), an empty list,
-            a name that is not a non-empty string, or a name given twice (two indistinguishable
-            classes).
+            a name that is not a non-empty string, or (``distinct``) a name given twice.
     """
     if isinstance(classnames, str):
         raise InvalidInputError(f"classnames must be a list of class names, got the string {classnames!r}; "
@@ -586,7 +590,7 @@ def check_classnames(classnames: Any) -> tuple[str, ...]:
         if not (isinstance(name, str) and name.strip()):
             raise InvalidInputError(f"classnames[{i}] is {name!r}, expected a non-empty string")
     first: dict[str, int] = {}
-    for i, name in enumerate(names):
+    for i, name in enumerate(names if distinct else ()):
         if name in first:
             raise InvalidInputError(f"classnames[{first[name]}] and classnames[{i}] are both {name!r}: two classes "
                                     "with one name cannot be told apart; give each class a distinct name")

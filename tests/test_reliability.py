@@ -211,7 +211,7 @@ API_CASES = [
     ("hard-prompt-nan-file", lambda f: _wrapper(f.nan), PromptFileError, ["non-finite"]),
     ("classnames-string", lambda f: f.wrapper.encode_text("archery"), InvalidInputError,
      ["the string 'archery'", "['archery']"]),
-    ("classnames-duplicate", lambda f: f.wrapper.encode_text(["run", "jump", "run"]), InvalidInputError,
+    ("classnames-duplicate", lambda f: f.wrapper(f.frames, ["run", "jump", "run"]), InvalidInputError,
      ["classnames[0] and classnames[2]", "'run'", "distinct"]),
     ("classnames-empty-name", lambda f: f.wrapper.encode_text(["run", " "]), InvalidInputError,
      ["classnames[1]", "non-empty string"]),
