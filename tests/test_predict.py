@@ -22,34 +22,17 @@ import torch
 import promptcouple as pc
 from promptcouple.cli import main
 from promptcouple.data import VideoListDataset, write_label_csv
+from promptcouple.data.synthetic import write_sliding_square_videos
 from promptcouple.io import run_info_of
 from promptcouple.predict import Predictor, resolve_classes
 from promptcouple.train import ConfigError, TrainConfig
 
 CLASSES = ["red", "green", "blue", "white"]
-COLOURS = [(230, 30, 30), (30, 200, 50), (40, 80, 240), (240, 240, 240)]
 
 
 def write_videos(folder: Path, n: int = 8) -> None:
     """Small mp4 files (a square of the class colour sliding right), a list file and labels."""
-    import av
-    import numpy as np
-
-    folder.mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        with av.open(str(folder / f"clip{i}.mp4"), "w") as out:
-            stream = out.add_stream("mpeg4", rate=8)
-            stream.width, stream.height = 56, 48
-            stream.pix_fmt = "yuv420p"
-            for t in range(10):
-                img = np.full((48, 56, 3), 60, np.uint8)
-                img[10:30, 4 * t:4 * t + 16] = COLOURS[i % 4]
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
-        lines.append(f"clip{i}.mp4 {i % 4}")
-    (folder / "list.txt").write_text("\n".join(lines) + "\n")
-    write_label_csv(folder / "labels.csv", CLASSES)
+    write_sliding_square_videos(folder, n, classnames=CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from torch import nn
 
 import promptcouple as pc
 from promptcouple.data import write_label_csv
+from promptcouple.data.synthetic import write_sliding_square_videos
 from promptcouple.train import (BackboneLoadError, ConfigError, TrainConfig, Trainer, TrainStep, build_host, evaluate,
                                 hm, load_backbone, load_config, lr_lambda, tiny_clip, train, write_clip_file)
 from promptcouple.train import trainer as trainer_module
@@ -526,25 +527,7 @@ def test_open_clip_models_by_name(data, tmp_path, monkeypatch):
 
 def _write_videos(folder: Path, n: int) -> None:
     """Tiny mp4 files (a square of the class colour sliding right), a list file and labels."""
-    import av
-    import numpy as np
-
-    folder.mkdir()
-    colours = [(230, 30, 30), (30, 200, 50), (40, 80, 240), (240, 240, 240)]
-    lines = []
-    for i in range(n):
-        with av.open(str(folder / f"clip{i}.mp4"), "w") as out:
-            stream = out.add_stream("mpeg4", rate=8)
-            stream.width = stream.height = 48
-            stream.pix_fmt = "yuv420p"
-            for t in range(8):
-                img = np.full((48, 48, 3), 60, np.uint8)
-                img[10:30, 4 * t:4 * t + 16] = colours[i % 4]
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
-        lines.append(f"clip{i}.mp4 {i % 4}")
-    (folder / "list.txt").write_text("\n".join(lines) + "\n")
-    write_label_csv(folder / "labels.csv", CLASSES)
+    write_sliding_square_videos(folder, n, classnames=CLASSES, width=56, frames=10)
 
 
 def test_video_lists_with_workers_resume_bit_identical(tmp_path):
