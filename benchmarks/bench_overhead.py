@@ -31,10 +31,8 @@ import os
 import platform
 import random
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 
 import torch

@@ -7,7 +7,7 @@ import torch
 
 import promptcouple as pc
 from promptcouple.cli import main as cli
-from hosts import make_host, make_open_clip
+from hosts import make_host
 
 SMALL = dict(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3)
 CLASSES = ["archery", "yoga"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import promptcouple as pc
-from hosts import HOSTS, make_host, manual_image, manual_logits, manual_text
+from hosts import HOSTS, make_host, manual_logits, manual_text
 
 CLASSES = ["archery", "riding a bike", "playing the violin"]
 SMALL = dict(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3)
