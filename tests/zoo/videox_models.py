@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from promptcouple.models.openai_clip import CLIP, LayerNorm, QuickGELU
+from promptcouple.models.openai_clip import VisionTransformer as OpenAIVisionTransformer
 
 
 def _heads(width: int) -> int:
@@ -100,21 +101,13 @@ class CrossFrameTransformer(nn.Module):
         return checkpoint_sequential(self.resblocks, min(3, self.layers), x, use_reentrant=False)
 
 
-class CrossFrameVisionTransformer(nn.Module):
+class CrossFrameVisionTransformer(OpenAIVisionTransformer):
     """The image tower: OpenAI's ViT layout with cross-frame blocks; returns ``(cls, patch tokens)``."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
                  output_dim: int, frames: int, use_checkpoint: bool = False):
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        scale = width ** -0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
-        self.ln_pre = LayerNorm(width)
+        super().__init__(input_resolution, patch_size, width, layers, heads, output_dim)
         self.transformer = CrossFrameTransformer(width, layers, heads, frames, use_checkpoint)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv1(x).flatten(2).transpose(1, 2)
@@ -313,24 +306,16 @@ class GA2Transformer(nn.Module):
         return x
 
 
-class GA2VisualTransformer(nn.Module):
+class GA2VisualTransformer(OpenAIVisionTransformer):
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
                  output_dim: int, design_details: dict, emb_dropout: float = 0.0):
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        scale = width ** -0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        super().__init__(input_resolution, patch_size, width, layers, heads, output_dim)
         self.dropout = nn.Dropout(emb_dropout)
-        self.ln_pre = LayerNorm(width)
         self.VPT_shallow = design_details["vision_depth"] > 0
         if self.VPT_shallow:
             self.VPT = nn.Parameter(0.02 * torch.randn(design_details["vision_ctx"], width))
         self.transformer = GA2Transformer(width, layers, heads, None, design_details["vision_depth"], False,
                                           design_details)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x).flatten(2).transpose(1, 2)
