@@ -4,9 +4,8 @@ Every trained number comes from :class:`promptcouple.train.Trainer`; the zero-sh
 :class:`promptcouple.world.model.ZeroShotClassifier`, scored by the same evaluation as the
 trained prompts. Both are scored by :func:`score_sets`, which keeps each test clip's top-1
 correctness (``"0110..."`` per evaluation set, in the set's order) so that intervals over clips
-can be recomputed from the JSON; the Trainer's evaluations during training go through it
-(:class:`ScoringTrainer`), and the final one too where the Trainer calls ``evaluate_all``
-(otherwise the final prompts are scored once more).
+can be recomputed from the JSON; the Trainer's evaluations, during training and the final one,
+go through it (:class:`ScoringTrainer`).
 """
 
 from __future__ import annotations
@@ -121,8 +120,8 @@ def score_sets(model: torch.nn.Module, datasets: Datasets, cfg: TrainConfig) -> 
 class ScoringTrainer(Trainer):
     """The Trainer, with its evaluations scored by :func:`score_sets` (per-clip correctness kept)."""
 
-    def evaluate_all(self) -> dict:
-        return score_sets(self.wrapper, self.datasets, self.cfg)
+    def evaluate_all(self, report_dir=None) -> dict:
+        return score_sets(self.wrapper, self.datasets, self.cfg)  # the benchmarks write no reports
 
 
 def _config(spec: dict) -> TrainConfig:
@@ -165,18 +164,13 @@ def run_job(job: Job) -> dict:
         prompts = None
         if job.trained:
             shutil.rmtree(cfg.run.output_dir, ignore_errors=True)  # our own run of a previous invocation
-            trainer = ScoringTrainer(cfg)
-            results = trainer.fit()
+            results = ScoringTrainer(cfg, reports=False).fit()
             prompts = results["prompts"]
             final = _metrics(results["eval"])
-            scored = results["eval"]
-            if not all("correct" in v for v in scored.values() if isinstance(v, dict)):
-                # the Trainer's final evaluation did not go through evaluate_all: score once more
-                scored = score_sets(trainer.wrapper, trainer.datasets, cfg)
             curve = [{"epoch": h["epoch"], **_metrics(h["eval"])} for h in results["history"] if "eval" in h]
             record = {**final, "curve": curve + [{"epoch": results["epochs"], **final}],
                       "train_seconds": results["time_s"], "prompts": prompts,
-                      **{k: v for k, v in _metrics(scored, correct=True).items() if k == "correct"}}
+                      **{k: v for k, v in _metrics(results["eval"], correct=True).items() if k == "correct"}}
         else:
             record = _metrics(_evaluate(cfg, job.template), correct=True)
         for name, spec in job.extra_evals.items():
@@ -241,13 +235,19 @@ def hard_prompt_file(args: argparse.Namespace, source: DataSource, setting: Sett
     digest = _digest({"config": spec["config"], "inputs": input_identity(args, source)})
     run_dir = out / "cache" / f"hard_prompts_{source.cache_tag}_{digest}"
     prompts = run_dir / "prompts.safetensors"
+    trained = None
     if not prompts.exists():
         spec["config"]["run"]["output_dir"] = str(run_dir)
-        rec = run_job(Job(("hard-prompt", "source", 1, setting.shots), spec, threads=max(1, args.threads)))
-        if notes is not None:
-            notes.update(hard_prompt={"seconds": rec["seconds"], "source_accuracy": rec.get("top1", rec.get("base"))})
-    elif notes is not None:
-        notes.update(hard_prompt={"cached": str(prompts)})
+        trained = run_job(Job(("hard-prompt", "source", 1, setting.shots), spec, threads=max(1, args.threads)))
+    if notes is not None:
+        # What the hard prompt knows: its own top-1 on the source's test clips (from the run's
+        # results file when cached), so a reader can tell how much the coupling couples to.
+        results = run_dir / "results.json"
+        ev = json.loads(results.read_text()).get("eval", {}) if results.exists() else {}
+        scored = ev.get("base") or next((v for v in ev.values() if isinstance(v, dict)), {})
+        notes.update(hard_prompt={"source": data.get("world", {}).get("dataset", "data file"),
+                                  "source_top1": scored.get("top1"), "source_classes": scored.get("num_classes"),
+                                  **({"seconds": trained["seconds"]} if trained else {"cached": str(prompts)})})
     return str(prompts)
 
 
