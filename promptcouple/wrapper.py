@@ -260,21 +260,27 @@ class CouplingPromptWrapper(nn.Module):
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
+        return self._tokenized(classnames)[0]
+
+    def _tokenized(self, classnames: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The class prompts' token ids and, for the short text path, their rows grouped by length
+        (:func:`length_groups`), both cached per class set."""
         key = check_classnames(classnames)
-        ids = self._ids_cache.get(key)
-        if ids is None:
+        hit = self._ids_cache.get(key)
+        if hit is None:
             texts = self.prompt_texts(key)
             limit = self.host.text.context_length
             specials = self._ctx_start + 1  # start token(s) before the prompt, end token after it
+            lengths = []
             for name, text in zip(key, texts):
                 length = specials + self.tokenizer.count(text)
                 if length > limit:
                     raise InvalidInputError(
                         f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
                         f"more than the context length {limit}; shorten the name or use a smaller n_ctx")
-            ids = self.tokenizer(texts)
-            self._ids_cache[key] = ids
-        return ids
+                lengths.append(length)
+            hit = self._ids_cache[key] = (self.tokenizer(texts), length_groups(lengths))
+        return hit
 
     def _prompt_version(self) -> tuple:
         # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
@@ -286,9 +292,22 @@ class CouplingPromptWrapper(nn.Module):
         # Assigning ``p.data = ...`` bypasses the counters: call clear_cache() after doing that.
         return sum(p._version for p in self.model.parameters())
 
-    def _host_text(self, ids: torch.Tensor) -> torch.Tensor:
-        short = self.host.encode_text_short(ids) if self.short_text and self.host.text.causal else None
-        return short if short is not None else self.host.encode_text(ids)
+    def _host_text(self, ids: torch.Tensor, groups: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        if not (self.short_text and self.host.text.causal):
+            return self.host.encode_text(ids)
+        if len(groups) <= 1:
+            short = self.host.encode_text_short(ids)
+            return short if short is not None else self.host.encode_text(ids)
+        # Rows are independent, so each length group runs only as far as its own longest prompt
+        # (the adapter cuts each group exactly); the rows are put back in order afterwards.
+        parts = []
+        for rows in groups:
+            part = self.host.encode_text_short(ids[rows.to(ids.device)])
+            if part is None:  # this host has no exact short path
+                return self.host.encode_text(ids)
+            parts.append(part)
+        order = torch.cat(list(groups)).argsort().to(ids.device)
+        return torch.cat(parts)[order]
 
     def encode_text(self, classnames: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Prompted class features ``(K, D)``.
@@ -310,8 +329,8 @@ class CouplingPromptWrapper(nn.Module):
             hit = self._feature_cache.get(key)
             if hit is not None:
                 return F.normalize(hit, dim=-1) if normalize else hit
-        ids = self.tokenize(classnames).to(self.host.parameter.device)
-        features = self._host_text(ids)
+        ids, groups = self._tokenized(classnames)
+        features = self._host_text(ids.to(self.host.parameter.device), groups)
         if cacheable:
             self._feature_cache.clear()  # one class set at a time: bounded memory
             self._feature_cache[key] = features
@@ -511,6 +530,50 @@ class CouplingPromptWrapper(nn.Module):
         return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
                 f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+
+
+# A text pass has a fixed cost besides its tokens (the kernels of every block, run once more),
+# counted here as this many token positions; it decides when a length group is worth a pass.
+_PASS_COST = 96
+_MAX_GROUPS = 4
+
+
+def length_groups(lengths: Sequence[int], pass_cost: int = _PASS_COST,
+                  max_groups: int = _MAX_GROUPS) -> list[torch.Tensor]:
+    """Row indices of prompts grouped by token length, for the short text path.
+
+    One pass runs every prompt as far as the longest one; grouping the prompts by length and
+    running each group only as far as its own longest cuts the positions computed. The groups
+    minimise ``sum(rows * longest + pass_cost)`` over contiguous ranges of the sorted lengths
+    (at most ``max_groups``). A single group (all rows) is returned when splitting does not pay.
+    """
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    # Cuts between equal lengths never pay, so only the ends of the runs of equal lengths are
+    # candidate cuts (at most the context length of them, however many prompts there are).
+    ends = [j for j in range(1, len(ls) + 1) if j == len(ls) or ls[j] != ls[j - 1]]
+    points = [0] + ends
+    inf = float("inf")
+    # best[g][b]: cost of the rows before points[b] in g groups; cut[g][b]: where the last group starts
+    best = [[inf] * len(points) for _ in range(max_groups + 1)]
+    cut = [[0] * len(points) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for b in range(1, len(points)):
+            for a in range(b):
+                cost = best[g - 1][a] + (points[b] - points[a]) * ls[points[b] - 1] + pass_cost
+                if cost < best[g][b]:
+                    best[g][b], cut[g][b] = cost, a
+    last = len(points) - 1
+    g = min(range(1, max_groups + 1), key=lambda k: (best[k][last], k))
+    bounds, b = [], last
+    while g > 0:
+        a = cut[g][b]
+        bounds.append((points[a], points[b]))
+        b, g = a, g - 1
+    return [torch.as_tensor(order[i:j]) for i, j in reversed(bounds)]
 
 
 def _replace_positions(x: torch.Tensor, a: int, b: int, tokens: torch.Tensor, seq_first: bool) -> torch.Tensor:

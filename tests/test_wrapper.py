@@ -267,3 +267,20 @@ def test_new_names_and_their_deprecated_aliases(tmp_path, tokenizer, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pc.CouplingConfig.from_dict({"n_ctx": 4, "version": 1}).n_ctx == 4
+
+
+def test_length_groups_known_answers():
+    from promptcouple.wrapper import length_groups
+
+    # Two clusters of 50: one pass costs 100 * 30 + 96, two cost 50 * 10 + 50 * 30 + 2 * 96.
+    lengths = [10, 30] * 50
+    short, long = length_groups(lengths, pass_cost=96)
+    assert sorted(short.tolist()) == list(range(0, 100, 2)) and sorted(long.tolist()) == list(range(1, 100, 2))
+    # Splitting does not pay when the saving is below the cost of a pass; equal lengths never split.
+    assert [g.tolist() for g in length_groups([10, 11, 12], pass_cost=96)] == [[0, 1, 2]]
+    assert len(length_groups([7] * 500, pass_cost=0)) == 1
+    assert length_groups([]) == []
+    # With a free pass every distinct length gets its own group, up to max_groups.
+    groups = length_groups([3, 1, 2, 1, 3], pass_cost=0, max_groups=4)
+    assert [sorted(g.tolist()) for g in groups] == [[1, 3], [2], [0, 4]]
+    assert len(length_groups(list(range(20)), pass_cost=0, max_groups=4)) == 4
