@@ -84,6 +84,18 @@ def test_base2novel_smoke(tmp_path):
                                                "cached": str(hard)}
 
 
+def test_hard_prompt_source_per_protocol():
+    """Base-to-novel learns the hard prompt on wk400's base classes (no novel class seen); few-shot
+    and zero-shot, which evaluate wk400's classes, keep the disjoint source set."""
+    from protocol.sources import K400FirstSource, WorldSource
+
+    for source in (WorldSource(0), K400FirstSource(0)):
+        b2n = source.hard_prompt_data("base_to_novel")["world"]
+        assert (b2n["dataset"], b2n["protocol"]) == ("wk400", "base_to_novel")
+    for protocol in ("few_shot", "zero_shot"):
+        assert WorldSource(0).hard_prompt_data(protocol)["world"]["dataset"] == "hardsrc"
+
+
 def test_few_shot_and_zero_shot_smoke(tmp_path):
     doc = few_shot.main(TINY + ["--datasets", "whmdb", "--methods", "zero-shot", "coop", "--shot-list", "1", "2",
                                 "--out", str(tmp_path)])

@@ -128,7 +128,7 @@ def start(args: argparse.Namespace, protocol: str, default_methods: Sequence[str
     hard_prompts = None
     if hard:
         t = time.perf_counter()
-        hard_prompts = hard_prompt_file(args, source, setting, out, notes)
+        hard_prompts = hard_prompt_file(args, source, setting, out, notes, protocol)
         timing["hard_prompt_s"] = time.perf_counter() - t
     return Context(args, setting, source, methods, datasets, splits, out, hard_prompts, timing, notes, t0)
 

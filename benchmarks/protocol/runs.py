@@ -214,7 +214,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str) -> list[dict]:
 
 
 def hard_prompt_file(args: argparse.Namespace, source: DataSource, setting: Setting, out: Path,
-                     notes: Optional[dict] = None) -> Optional[str]:
+                     notes: Optional[dict] = None, protocol: str = "base_to_novel") -> Optional[str]:
     """The hard prompt: ``--hard-prompts``, the data file's, or IVLP prompts trained on the
     hard-prompt source, cached in ``OUT/cache`` per source, prompt layout and inputs.
 
@@ -225,7 +225,7 @@ def hard_prompt_file(args: argparse.Namespace, source: DataSource, setting: Sett
         return str(Path(args.hard_prompts).resolve())
     if source.hard_prompts is not None:
         return source.hard_prompts
-    data = source.hard_prompt_data()
+    data = source.hard_prompt_data(protocol)
     if data is None:
         return None
     hard_setting = dataclasses.replace(setting, epochs=setting.hard_epochs,

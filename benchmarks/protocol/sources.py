@@ -3,7 +3,8 @@
 Both sources stand behind :class:`DataSource`; nothing outside this module asks which one it has.
 
 * the embedded world (default, ``--model world``): ``data.world`` sections, the world's anchor
-  set, and the hard prompt learned on ``wk400``'s base classes;
+  set, and the hard prompt's source (``wk400``'s base classes for base-to-novel, the disjoint
+  ``hardsrc`` set for few-shot and zero-shot);
 * real data (``--model ViT-B-16-quickgelu --pretrained openai --data-config data.yaml``): per dataset and
   protocol a ``data`` section of the training config (list files, label CSVs, root), in which
   ``{split}`` and ``{shots}`` are filled in per run. Relative paths are resolved against the YAML
@@ -72,8 +73,8 @@ class DataSource:
         """The ``anchors`` section of a method with anchor mode ``mode`` (files it needs go to ``out``)."""
         raise NotImplementedError
 
-    def hard_prompt_data(self) -> Optional[dict]:
-        """The ``data`` section the hard prompt is trained on (``None``: there is none)."""
+    def hard_prompt_data(self, protocol: str = "base_to_novel") -> Optional[dict]:
+        """The ``data`` section the hard prompt of ``protocol``'s runs is trained on (``None``: there is none)."""
         raise NotImplementedError
 
     @property
@@ -148,14 +149,22 @@ class WorldSource(DataSource):
                 write_clip_file(f.name, clips.frames_uint8, [0] * len(clips), [REFERENCE_ANCHOR_LABEL])
         return path
 
-    def hard_prompt_data(self) -> dict:
-        # wk400's base classes, split s1, as GA2-CLIP learns its hard prompts on K400's base classes.
-        # The world's disjoint hardsrc set (texture x motion) is not used: the small CLIP barely
-        # learns it (IVLP 9% top-1 on its 24 classes), so coupling to it couples to little; on
-        # wk400's 32 base classes IVLP reaches about 25% (chance 3%). The wk400 runs themselves
-        # then couple to prompts learned on their own base classes (GA2-CLIP takes K600-only
-        # classes there, which the world has no learnable counterpart of).
-        return self.data(HARD_PROMPT_SOURCE, "base_to_novel", 1, self.setting.shots)
+    def hard_prompt_data(self, protocol: str = "base_to_novel") -> dict:
+        s = self.setting
+        if protocol != "base_to_novel":
+            # Few-shot and zero-shot runs evaluate every class of wk400 (few-shot) or may
+            # evaluate it (zero-shot): a prompt learned on its base classes would have seen
+            # evaluated classes, so these keep the world's disjoint source set.
+            return {"world": self._world("hardsrc", "few_shot", 1, s.shots), "num_frames": s.num_frames,
+                    "image_size": s.image_size}
+        # Base-to-novel: wk400's base classes, split s1, as GA2-CLIP learns its hard prompts on
+        # K400's base classes, so no novel class is seen. The disjoint hardsrc set (texture x
+        # motion) is one the small CLIP barely learns (IVLP 9% top-1 on its 24 classes), so
+        # coupling to it couples to little; on wk400's 32 base classes IVLP reaches about 20%
+        # (chance 3%). The wk400 runs themselves then couple to prompts learned on their own base
+        # classes (GA2-CLIP takes K600-only classes there, which the world has no learnable
+        # counterpart of).
+        return self.data(HARD_PROMPT_SOURCE, "base_to_novel", 1, s.shots)
 
     def cost(self, dataset: str) -> int:
         from promptcouple.world import dataset_info
@@ -170,7 +179,7 @@ class WorldSource(DataSource):
         items = [(self.data(d, protocol, s, k), True) for d in datasets for s in splits for k in shots]
         items += [(self.data(d, protocol, splits[0], shots[0]), False) for d in eval_only]
         if hard:
-            items.append((self.hard_prompt_data(), True))
+            items.append((self.hard_prompt_data(protocol), True))
         for data, train in items:
             raw = {"model": {"name": "world"}, "data": data,
                    "anchors": {"world": True, "per_class": self.setting.anchor_per_class}}
@@ -249,8 +258,8 @@ class ListSource(DataSource):
             a["weight"] = self.setting.anchor_weight
         return a
 
-    def hard_prompt_data(self) -> Optional[dict]:
-        src = self.spec.get("hard_prompt_source")
+    def hard_prompt_data(self, protocol: str = "base_to_novel") -> Optional[dict]:
+        src = self.spec.get("hard_prompt_source")  # one source for every protocol: the file names it
         return self._with_frames(src) if src else None
 
     @property
