@@ -425,6 +425,26 @@ def test_stale_temporaries_of_a_killed_save_are_removed(f, tmp_path):
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
 
 
+def test_an_interrupted_clip_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from promptcouple.train import write_clip_file
+
+    path = tmp_path / "anchors.safetensors"
+    write_clip_file(path, torch.zeros(2, 2, 3, 4, 4, dtype=torch.uint8), [0, 1], ["a", "b"])
+    before = path.read_bytes()
+
+    def dies_half_way(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        write_clip_file(path, torch.ones(2, 2, 3, 4, 4, dtype=torch.uint8), [1, 0], ["a", "b"])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["anchors.safetensors"]  # no temporary left
+
+
 def test_stale_class_features_are_not_served(f):
     wrapper = _wrapper(torch.randn(4, 32)).eval()
     with torch.no_grad():

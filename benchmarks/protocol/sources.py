@@ -36,7 +36,6 @@ from typing import Optional, Sequence
 
 import yaml
 
-from promptcouple.fileio import atomic_write
 from promptcouple.train import TrainConfig
 from promptcouple.train.data import build_datasets
 
@@ -145,8 +144,7 @@ class WorldSource(DataSource):
             shift = self.setting.world_shift
             kw = {"shift": shift} if shift is not None else {}
             clips, _ = world.anchor_set(per_class=per_class, world_seed=self.world_seed, **kw)
-            with atomic_write(path, "wb") as f:  # write_clip_file takes a path: it fills the temporary by name
-                write_clip_file(f.name, clips.frames_uint8, [0] * len(clips), [REFERENCE_ANCHOR_LABEL])
+            write_clip_file(path, clips.frames_uint8, [0] * len(clips), [REFERENCE_ANCHOR_LABEL])  # atomic
         return path
 
     def hard_prompt_data(self, protocol: str = "base_to_novel") -> dict:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from promptcouple.anchors import AnchorOverlapError, check_anchor_overlap
 from promptcouple.constants import CLIP_MEAN, CLIP_STD
 from promptcouple.errors import InvalidInputError
-from promptcouple.fileio import PathLike
+from promptcouple.fileio import PathLike, atomic_write
 from promptcouple.train.config import ConfigError, TrainConfig
 
 
@@ -94,12 +94,14 @@ class ClipTensorDataset(Dataset):
 
 def write_clip_file(path: PathLike, frames: torch.Tensor, labels: Sequence[int],
                     classnames: Optional[Sequence[str]] = None) -> None:
-    """Write clips for :class:`ClipTensorDataset` (``frames`` ``(N, [V,] T, 3, H, W)``)."""
+    """Write clips for :class:`ClipTensorDataset` (``frames`` ``(N, [V,] T, 3, H, W)``), atomically:
+    an interrupted write leaves any earlier file in place."""
     from safetensors.torch import save_file
 
     meta = {"classnames": json.dumps(list(classnames))} if classnames is not None else None
-    save_file({"frames": frames.contiguous(), "labels": torch.as_tensor(labels, dtype=torch.long)},
-              str(path), metadata=meta)
+    with atomic_write(path, "wb") as f:  # save_file writes by name: it fills the temporary
+        save_file({"frames": frames.contiguous(), "labels": torch.as_tensor(labels, dtype=torch.long)},
+                  f.name, metadata=meta)
 
 
 @dataclass
