@@ -149,6 +149,15 @@ def test_a_config_naming_another_backbone_is_refused(run, tmp_path):
     other.write_text(run["cfg"].read_text().replace("seed: 3", "seed: 4"))
     with pytest.raises(ConfigError, match="model of seed 3"):
         Predictor(run["prompts"], config=other)
+    # eval checks the same record: prompts scored on another backbone would be nonsense
+    from promptcouple.train import evaluate_config
+
+    from promptcouple.train import load_config
+
+    cfg = load_config(run["cfg"])
+    cfg.model.name = "tiny-quickgelu"
+    with pytest.raises(ConfigError, match="trained on 'tiny'"):
+        evaluate_config(cfg, run["prompts"])
 
 
 def test_classes_option():

@@ -300,6 +300,11 @@ def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[Path
     if prompts is not None and not os.path.isfile(prompts):
         raise ConfigError(f"--prompts: {str(prompts)!r} does not exist; expected a prompt file "
                           "(run.output_dir/prompts.safetensors of a finished run); fix: check the path")
+    if prompts is not None:  # prompts on another backbone than they were trained on score nonsense
+        from promptcouple.io import read_prompt_file, run_info_of
+        from promptcouple.train.run_info import check_backbone
+
+        check_backbone(cfg, run_info_of(read_prompt_file(prompts).metadata))
     datasets = build_datasets(cfg, train=False)
     if not datasets.evals:
         raise ConfigError("data: no evaluation set configured (data.val_list, data.novel_list or data.world)")

@@ -19,6 +19,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
 from promptcouple.constants import ZERO_SHOT_TEMPLATE, fill_template
+from promptcouple.fileio import atomic_write
 
 ASSET_DIR = os.path.join(os.path.dirname(__file__), "assets")
 CHECKPOINT = os.path.join(ASSET_DIR, "world_clip.safetensors")
@@ -79,7 +80,8 @@ def save_world_clip(model: CLIP, path: str, config: Optional[Dict] = None, metad
     meta = {"config": json.dumps(config or WORLD_CLIP_CONFIG), "format": "open_clip.CLIP"}
     meta.update(metadata or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(sd, path, metadata=meta)
+    with atomic_write(path, "wb") as f:  # an interrupted save keeps the previous checkpoint
+        save_file(sd, f.name, metadata=meta)
 
 
 def load_world_clip(device: str = "cpu", path: Optional[str] = None) -> Tuple[CLIP, SimpleTokenizer]:
