@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -80,9 +80,17 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         f.write(text)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+def atomic_save_safetensors(path: PathLike, tensors: dict, metadata: Optional[dict] = None) -> None:
+    """Write a ``.safetensors`` file through :func:`atomic_write`.
+
+    The file is serialised in memory and written through the temporary's own handle: safetensors'
+    ``save_file`` would create the file anew by name (mode 0600, ignoring the umask, and outside
+    the handle that is flushed and fsynced before the rename).
+    """
+    from safetensors.torch import save
+
     with atomic_write(path, "wb") as f:
-        f.write(data)
+        f.write(save(tensors, metadata=metadata))
 
 
 def _fsync_dir(directory: Path) -> None:

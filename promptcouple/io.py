@@ -38,7 +38,7 @@ import torch
 
 from promptcouple.config import CouplingConfig
 from promptcouple.errors import MissingFileError, PromptFileError
-from promptcouple.fileio import PathLike, atomic_write_bytes
+from promptcouple.fileio import PathLike, atomic_save_safetensors
 from promptcouple.prompts import coupled_context
 
 FORMAT = "promptcouple.prompts"
@@ -146,10 +146,8 @@ def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: 
     The file gets the umask's permissions, as any other program's output (see :mod:`promptcouple.fileio`).
     ``run_info``: what the training run records (:data:`RUN_INFO_KEYS`), all optional.
     """
-    from safetensors.torch import save
-
     data = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(data, metadata=_metadata(config, data, host, train_host, run_info)))
+    atomic_save_safetensors(path, data, metadata=_metadata(config, data, host, train_host, run_info))
 
 
 def save_prompts(wrapper, path: PathLike, *, run_info: Optional[dict] = None) -> None:

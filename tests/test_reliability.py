@@ -426,19 +426,17 @@ def test_stale_temporaries_of_a_killed_save_are_removed(f, tmp_path):
 
 
 def test_an_interrupted_clip_file_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    import safetensors.torch
-
+    import promptcouple.fileio
     from promptcouple.train import write_clip_file
 
     path = tmp_path / "anchors.safetensors"
     write_clip_file(path, torch.zeros(2, 2, 3, 4, 4, dtype=torch.uint8), [0, 1], ["a", "b"])
     before = path.read_bytes()
 
-    def dies_half_way(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
+    def dies_half_way(fd):  # the new file is written, not yet on disk nor renamed
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    monkeypatch.setattr(promptcouple.fileio.os, "fsync", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
         write_clip_file(path, torch.ones(2, 2, 3, 4, 4, dtype=torch.uint8), [1, 0], ["a", "b"])
     assert path.read_bytes() == before

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from promptcouple.constants import fill_template
-from promptcouple.fileio import atomic_write, atomic_write_text
+from promptcouple.fileio import atomic_save_safetensors, atomic_write_text
 
 from .setting import Setting
 
@@ -69,8 +69,6 @@ def _test_accuracy(model, tokenizer, dataset: str, setting: Setting, world_seed:
 def finetune(setting: Setting, world_seed: int, recipe: FinetuneRecipe, path: Path, threads: int = 1) -> dict:
     """Fine-tune the world CLIP on all of ``wk400`` and write it to ``path``; returns the notes
     (seconds, losses, zero-shot accuracy before and after on wk400 and the targets)."""
-    from safetensors.torch import save_file
-
     from promptcouple import world
 
     torch.set_num_threads(threads)
@@ -106,8 +104,8 @@ def finetune(setting: Setting, world_seed: int, recipe: FinetuneRecipe, path: Pa
     model.eval()
     after = {d: _test_accuracy(model, tokenizer, d, setting, world_seed) for d in (SOURCE, *TARGETS)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_write(path, "wb") as f:  # save_file takes a name: it fills the temporary by name
-        save_file(state, f.name, metadata={"format": "open_clip.CLIP", "recipe": json.dumps(dataclasses.asdict(recipe))})
+    atomic_save_safetensors(path, state, metadata={"format": "open_clip.CLIP",
+                                                   "recipe": json.dumps(dataclasses.asdict(recipe))})
     notes = {"seconds": time.perf_counter() - t0, "epoch_losses": losses, "train_clips": len(labels),
              "zero_shot_top1_before": before, "zero_shot_top1_after": after, "recipe": dataclasses.asdict(recipe)}
     atomic_write_text(path.with_suffix(".json"), json.dumps(notes, indent=1) + "\n")

@@ -144,10 +144,6 @@ def format_comparison(comparison: dict, methods: Sequence[Method], reference_lab
     return "\n".join(lines)
 
 
-def _excludes_zero(iv: dict) -> bool:
-    return iv["low"] > 0 or iv["high"] < 0
-
-
 def readings(comparison: dict, methods: Sequence[Method], reference_short: str = "IVLP") -> list[str]:
     """One line per method: ``GA2 vs IVLP: +x HM, 95% interval [a, b] ...`` and what it says."""
     out = []
@@ -159,7 +155,7 @@ def readings(comparison: dict, methods: Sequence[Method], reference_short: str =
         if cell["excludes_zero"]:
             verdict = (f"{'better' if cell['mean'] > 0 else 'worse'} than {reference_short} "
                        "(the interval over cells excludes 0)")
-        elif clip is not None and _excludes_zero(clip):
+        elif clip is not None and clip["excludes_zero"]:
             verdict = (f"{'above' if clip['mean'] > 0 else 'below'} {reference_short} on these test clips only "
                        "(the interval over cells includes 0)")
         else:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from promptcouple.anchors import AnchorOverlapError, check_anchor_overlap
 from promptcouple.constants import CLIP_MEAN, CLIP_STD
 from promptcouple.errors import InvalidInputError
-from promptcouple.fileio import PathLike, atomic_write
+from promptcouple.fileio import PathLike, atomic_save_safetensors
 from promptcouple.train.config import ConfigError, TrainConfig
 
 
@@ -96,12 +96,9 @@ def write_clip_file(path: PathLike, frames: torch.Tensor, labels: Sequence[int],
                     classnames: Optional[Sequence[str]] = None) -> None:
     """Write clips for :class:`ClipTensorDataset` (``frames`` ``(N, [V,] T, 3, H, W)``), atomically:
     an interrupted write leaves any earlier file in place."""
-    from safetensors.torch import save_file
-
     meta = {"classnames": json.dumps(list(classnames))} if classnames is not None else None
-    with atomic_write(path, "wb") as f:  # save_file writes by name: it fills the temporary
-        save_file({"frames": frames.contiguous(), "labels": torch.as_tensor(labels, dtype=torch.long)},
-                  f.name, metadata=meta)
+    atomic_save_safetensors(path, {"frames": frames.contiguous(), "labels": torch.as_tensor(labels, dtype=torch.long)},
+                            metadata=meta)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
 from promptcouple.constants import ZERO_SHOT_TEMPLATE, fill_template
-from promptcouple.fileio import atomic_write
+from promptcouple.fileio import atomic_save_safetensors
 
 ASSET_DIR = os.path.join(os.path.dirname(__file__), "assets")
 CHECKPOINT = os.path.join(ASSET_DIR, "world_clip.safetensors")
@@ -75,13 +75,10 @@ def encode_video(model: CLIP, frames: torch.Tensor, normalize: bool = True) -> t
 def save_world_clip(model: CLIP, path: str, config: Optional[Dict] = None, metadata: Optional[Dict[str, str]] = None,
                     half: bool = True) -> None:
     """Saves weights as safetensors (fp16 by default) with the config as JSON metadata."""
-    from safetensors.torch import save_file
     sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(config or WORLD_CLIP_CONFIG), "format": "open_clip.CLIP"}
     meta.update(metadata or {})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_write(path, "wb") as f:  # an interrupted save keeps the previous checkpoint
-        save_file(sd, f.name, metadata=meta)
+    atomic_save_safetensors(path, sd, metadata=meta)  # an interrupted save keeps the previous checkpoint
 
 
 def load_world_clip(device: str = "cpu", path: Optional[str] = None) -> Tuple[CLIP, SimpleTokenizer]:
