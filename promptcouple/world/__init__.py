@@ -12,6 +12,8 @@ API:
   role, 48 classes that come in pairs differing only in temporal order; rendered without
   motion trails, so a frame average cannot separate a pair).
 - ``dataset_info(name) -> dict``: role, ``classnames``, fixed ``base`` / ``novel`` halves.
+- ``class_descriptions(name) -> dict``: each class's description set, the class name and its
+  motion paraphrases (for the description rows of the benchmarks; never a clip's caption).
 - ``get_dataset(name, split="base_train", shots=16, split_seed=1, world_seed=0, shift=None,
   context=None, test_per_class=None) -> WorldDataset``: splits ``base_train``, ``novel_train``,
   ``train`` (K-shot, s1/s2/s3 via ``split_seed``; K = 2, 4, 8 are prefixes of K = 16),
@@ -33,13 +35,13 @@ scene, a cue that tuning on base classes can learn and that does not transfer to
 """
 
 from .datasets import (DEFAULT_CONTEXT, DEFAULT_SHIFT, DEFAULT_TEST_PER_CLASS, SPLITS, WorldDataset, anchor_set,
-                       dataset_info, dataset_names, get_dataset, hard_prompt_source)
+                       class_descriptions, dataset_info, dataset_names, get_dataset, hard_prompt_source)
 from .model import (CHECKPOINT, WORLD_CLIP_CONFIG, build_world_clip, encode_video, load_world_clip, make_tokenizer,
                     normalize_frames, save_world_clip, zero_shot_accuracy)
 
 __all__ = [
     "DEFAULT_CONTEXT", "DEFAULT_SHIFT", "DEFAULT_TEST_PER_CLASS", "SPLITS", "WorldDataset", "anchor_set",
-    "dataset_info", "dataset_names", "get_dataset", "hard_prompt_source", "CHECKPOINT", "WORLD_CLIP_CONFIG",
-    "build_world_clip", "encode_video", "load_world_clip", "make_tokenizer", "normalize_frames", "save_world_clip",
-    "zero_shot_accuracy",
+    "class_descriptions", "dataset_info", "dataset_names", "get_dataset", "hard_prompt_source", "CHECKPOINT",
+    "WORLD_CLIP_CONFIG", "build_world_clip", "encode_video", "load_world_clip", "make_tokenizer", "normalize_frames",
+    "save_world_clip", "zero_shot_accuracy",
 ]

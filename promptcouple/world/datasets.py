@@ -82,6 +82,16 @@ def dataset_info(name: str) -> Dict:
     }
 
 
+def class_descriptions(name: str) -> Dict[str, List[str]]:
+    """Every class of a dataset with its description set (:func:`promptcouple.world.vocab.class_descriptions`):
+    the class name and its motion paraphrases, the world's stand-in for an LLM's descriptions
+    (synonyms only; they add no information the name lacks)."""
+    if name not in V.DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; choose from {dataset_names()}")
+    classes, _ = V.DATASETS[name][1]()
+    return {c.name: list(V.class_descriptions(c)) for c in classes}
+
+
 def _seed(*parts) -> List[int]:
     return [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
 

@@ -138,6 +138,21 @@ DATASETS = {
 }
 
 
+def class_descriptions(cls: ClassDef) -> Tuple[str, ...]:
+    """A class's description set: its name, then the name with its motion phrase replaced by each
+    of the motion's paraphrases (``"square moving left"`` -> ``"square moving to the left"``, ...).
+
+    Built from the class name alone, never from any clip's caption. A name without a motion phrase
+    (wucf's colour x shape classes, which allow many motions) is its own only description.
+    """
+    out = [cls.name]
+    for motion in cls.motion:
+        canon, paraphrases = MOTIONS[motion]
+        if canon in cls.name:
+            out.extend(cls.name.replace(canon, p) for p in paraphrases)
+    return tuple(dict.fromkeys(out))
+
+
 def hard_prompt_classes() -> List[ClassDef]:
     """Class set that supplies the hard prompts: (texture, motion), no shape or colour named."""
     out = []
