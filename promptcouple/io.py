@@ -121,7 +121,8 @@ def run_info_of(metadata: dict[str, str]) -> dict:
 
 
 def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: str = "",
-              train_host: Sequence[str] = (), run_info: Optional[dict] = None) -> dict[str, str]:
+              train_host: Sequence[str] = (), run_info: Optional[dict] = None,
+              extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     from promptcouple import __version__
 
     vision = tensors.get("vision.ctx")
@@ -136,18 +137,21 @@ def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: st
         "host": host,
         "train_host": json.dumps(list(train_host)),
         **_run_metadata(run_info),
+        **(extra or {}),  # e.g. what a merged file was merged from (promptcouple.merge)
     }
 
 
 def write_prompt_file(path: PathLike, tensors: dict[str, torch.Tensor], config: CouplingConfig,
-                      host: str = "", train_host: Sequence[str] = (), run_info: Optional[dict] = None) -> None:
+                      host: str = "", train_host: Sequence[str] = (), run_info: Optional[dict] = None,
+                      extra: Optional[dict[str, str]] = None) -> None:
     """Write tensors + metadata atomically: a crash leaves either the old file or the new one.
 
     The file gets the umask's permissions, as any other program's output (see :mod:`promptcouple.fileio`).
-    ``run_info``: what the training run records (:data:`RUN_INFO_KEYS`), all optional.
+    ``run_info``: what the training run records (:data:`RUN_INFO_KEYS`), all optional; ``extra``:
+    further string metadata (a merged file's ``merged_from``).
     """
     data = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
-    atomic_save_safetensors(path, data, metadata=_metadata(config, data, host, train_host, run_info))
+    atomic_save_safetensors(path, data, metadata=_metadata(config, data, host, train_host, run_info, extra))
 
 
 def save_prompts(wrapper, path: PathLike, *, run_info: Optional[dict] = None) -> None:
@@ -251,6 +255,10 @@ def read_prompt_file(path: PathLike) -> PromptFile:
     """
     from safetensors import SafetensorError, safe_open
 
+    if isinstance(path, str) and path.startswith("hf-hub:"):
+        from promptcouple.hub import resolve_prompt_source  # downloads or takes the Hub cache's copy
+
+        path = resolve_prompt_source(path)
     path = Path(path)
     if not path.is_file():
         what = "a directory" if path.is_dir() else "nothing"
