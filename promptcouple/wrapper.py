@@ -33,6 +33,7 @@ from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
 from promptcouple.constants import class_text
 from promptcouple.errors import InvalidInputError, InvalidTypeError, PromptFileError, RunError
 from promptcouple.fileio import PathLike
+from promptcouple.host_state import HostState
 from promptcouple.prompts import PromptLearner
 from promptcouple.tokenize import PromptTokenizer
 
@@ -53,12 +54,18 @@ class CouplingPromptWrapper(nn.Module):
         tokenizer: Tokenizer for class prompts (default: the adapter's; open_clip's CLIP BPE).
         short_text: Run the text tower only up to the longest prompt where that is exact.
         train_host: Names of host submodules that train beside the prompts (X-CLIP trains its
-            ``mit`` and ``prompts_generator``); they are saved in prompt files too.
+            ``mit`` and ``prompts_generator``); they are saved in prompt files too, and follow
+            ``train()`` / ``eval()``.
+        host_train_mode: ``False`` (the default): every frozen host module stays in evaluation mode
+            while the prompts train (BatchNorm statistics unchanged, dropout and stochastic depth
+            off), whoever calls ``train()``. ``True``: the frozen host follows the wrapper's mode,
+            for its train-mode regularisation (BatchNorm statistics then move, and ``unwrap()``
+            gives back a host whose running statistics differ).
     """
 
     def __init__(self, model: nn.Module, config: Optional[CouplingConfig] = None, *,
                  hard_prompts: HardPrompts = None, tokenizer: Any = None, short_text: bool = True,
-                 train_host: Sequence[str] = ()):
+                 train_host: Sequence[str] = (), host_train_mode: bool = False):
         super().__init__()
         _refuse_double_wrap(model)
         host = resolve_host(model)
@@ -85,15 +92,11 @@ class CouplingPromptWrapper(nn.Module):
         vision_width = host.vision.width if host.vision is not None else 0
         self.prompts = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(device)
 
-        # Freeze the host, remembering what was trainable so unwrap() restores it exactly.
-        self._host_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-        model.requires_grad_(False)
+        # Freeze the host, remembering its flags and modes so that unwrap() restores them exactly.
         self.train_host = tuple(train_host)
-        for name in self.train_host:
-            try:
-                model.get_submodule(name).requires_grad_(True)
-            except AttributeError:
-                raise InvalidInputError(f"train_host: the host has no submodule {name!r}") from None
+        self.host_train_mode = bool(host_train_mode)
+        self._host_state = HostState(model, self.train_host, self.host_train_mode)
+        self._host_state.freeze()
         self._frame_format = frame_format(model)  # (channels, (H, W)) the image tower takes, None where unknown
         self._handles = self._register_hooks()
         for owner in host.intermediates_owners():  # they call blocks directly: the strip hook never fires
@@ -101,6 +104,11 @@ class CouplingPromptWrapper(nn.Module):
         host.on_wrap()
 
     # ----------------------------------------------------------------------------------- set-up
+
+    def train(self, mode: bool = True) -> "CouplingPromptWrapper":
+        """Prompts and ``train_host`` modules follow ``mode``; the frozen host stays in evaluation
+        mode (unless ``host_train_mode=True``). ``nn.Module.train`` of an outer model calls this too."""
+        return super().train(mode)  # the host's own train was replaced at wrap time (host_state.py)
 
     @property
     def config(self) -> CouplingConfig:
@@ -494,7 +502,8 @@ class CouplingPromptWrapper(nn.Module):
     # ---------------------------------------------------------------------------------- unwrap
 
     def unwrap(self) -> nn.Module:
-        """Remove every hook, restore the host's ``requires_grad`` flags and return the host.
+        """Remove every hook, restore the host's ``requires_grad`` flags and the training flag of
+        every host module as they were when it was wrapped, and return the host.
 
         The host then computes exactly what it computed before it was wrapped.
         """
@@ -505,8 +514,7 @@ class CouplingPromptWrapper(nn.Module):
         for owner in self.host.intermediates_owners():
             owner.__dict__.pop("forward_intermediates", None)
         self.host.on_unwrap()
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(self._host_requires_grad.get(name, p.requires_grad))
+        self._host_state.restore()
         self._wrapped = False
         self._feature_cache.clear()
         return self.model

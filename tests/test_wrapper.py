@@ -284,3 +284,89 @@ def test_length_groups_known_answers():
     groups = length_groups([3, 1, 2, 1, 3], pass_cost=0, max_groups=4)
     assert [sorted(g.tolist()) for g in groups] == [[1, 3], [2], [0, 4]]
     assert len(length_groups(list(range(20)), pass_cost=0, max_groups=4)) == 4
+
+
+# ------------------------------------------------------------------------------ frozen means frozen
+
+
+def _resnet_clip():
+    """An open_clip CLIP with a ResNet image tower (BatchNorm) and dropout in the text tower."""
+    import open_clip
+
+    torch.manual_seed(0)
+    return open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=32, layers=(1, 1, 1, 1), width=8),
+                          text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=2))
+
+
+TEXT_ONLY = dict(n_ctx=4, text_depth=2, n_vision_ctx=0, vision_depth=0)
+
+
+def _train_steps(wrapper, outer, steps=3):
+    opt = torch.optim.AdamW(wrapper.trainable_parameters(), lr=1e-2)
+    for _ in range(steps):
+        outer.train()  # a user's loop calling .train() every epoch on a model holding the wrapper
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(wrapper(frames(), CLASSES), torch.tensor([0, 2])).backward()
+        opt.step()
+
+
+def test_frozen_host_stays_in_eval_mode_while_prompts_train(tokenizer):
+    host = _resnet_clip().train()
+    host.transformer.resblocks[0].eval()  # the host comes with a mix of modes
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in host.visual.modules())
+    given = {n: m.training for n, m in host.named_modules()}
+    before = {k: v.clone() for k, v in host.state_dict().items()}
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**TEXT_ONLY), tokenizer=tokenizer,
+                                       train_host=["ln_final"])
+    outer = torch.nn.ModuleDict({"video_model": wrapper})
+
+    def frozen_in_eval():
+        return not any(m.training for n, m in host.named_modules() if not n.startswith("ln_final"))
+
+    assert frozen_in_eval()  # from the moment it is wrapped
+    _train_steps(wrapper, outer)
+    assert wrapper.training and wrapper.prompts.training and host.ln_final.training and frozen_in_eval()
+    host.train()  # the host's own train() keeps the frozen parts in eval mode too
+    assert host.ln_final.training and frozen_in_eval()
+    for k, v in host.state_dict().items():  # BatchNorm statistics (and num_batches_tracked) unchanged
+        if not k.startswith("ln_final."):
+            assert torch.equal(v, before[k]), k
+    outer.eval()
+    assert not any(m.training for m in wrapper.modules())
+    wrapper.unwrap()
+    assert {n: m.training for n, m in host.named_modules()} == given  # the host comes back as given
+    assert "train" not in host.__dict__  # its own train() again
+    host.train()
+    assert host.visual.bn1.training
+
+
+def test_host_train_mode_keeps_the_old_behaviour(tokenizer):
+    host = _resnet_clip().eval()
+    before = host.visual.bn1.running_mean.clone()
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**TEXT_ONLY), tokenizer=tokenizer, host_train_mode=True)
+    _train_steps(wrapper, wrapper, steps=1)
+    assert host.visual.bn1.training and host.transformer.resblocks[0].training
+    assert not torch.equal(host.visual.bn1.running_mean, before)  # train-mode BatchNorm, as asked
+    wrapper.unwrap()
+    assert not any(m.training for m in host.modules())
+
+
+def test_hugging_face_checkpointing_still_recomputes_in_a_frozen_host():
+    """HF blocks checkpoint only when their own flag says training: it follows the wrapper's mode
+    (their dropout, in submodules, stays off)."""
+    from zoo.hf import CASES as HF
+
+    case = next(c for c in HF if c.name == "hf-clip")
+    host = case.build(0)
+    case.checkpointing(host, True)
+    wrapper = pc.CouplingPromptWrapper(host, pc.CouplingConfig(**SMALL), tokenizer=case.tokenizer()).train()
+    block = host.text_model.encoder.layers[0]
+    assert block.training and not block.self_attn.training and not host.text_model.training
+    calls = []
+    block.layer_norm1.register_forward_hook(lambda *a: calls.append(1))  # inside the checkpointed forward
+    wrapper.encode_text(CLASSES).sum().backward()
+    assert len(calls) == 2  # once forward, once recomputed in backward
+    calls.clear()
+    case.checkpointing(host, False)
+    wrapper.encode_text(CLASSES).sum().backward()
+    assert len(calls) == 1
