@@ -130,8 +130,10 @@ class Predictor:
         from promptcouple.io import read_prompt_file, run_info_of
         from promptcouple.train.config import TrainConfig, load_config
         from promptcouple.train.hosts import build_wrapper
+        from promptcouple.hub import resolve_prompt_source
         from promptcouple.train.run_info import check_backbone, config_from_run_info, run_config_path
 
+        prompts = resolve_prompt_source(prompts)  # a folder's prompts.safetensors, or a Hub file (cached)
         pf = read_prompt_file(prompts)
         info = run_info_of(pf.metadata)
         if isinstance(config, TrainConfig):
@@ -152,6 +154,22 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.prompts = str(prompts)
         self.wrapper = build_wrapper(cfg, self.device, prompts=prompts).eval()
+
+    @classmethod
+    def from_wrapper(cls, wrapper, classes: Sequence[str], *, config=None, batch_size: int = 8) -> "Predictor":
+        """A predictor around a wrapper already built: any host, not only those a prompt file's run
+        information rebuilds (OpenAI-layout, Hugging Face CLIP...). ``config``: a :class:`TrainConfig`
+        giving frames, image size and views (default: its defaults)."""
+        from promptcouple.train.config import TrainConfig
+
+        self = cls.__new__(cls)
+        self.cfg = config if config is not None else TrainConfig()
+        self.config_source = "the given config" if config is not None else "the default config"
+        self.classnames, self.classes_source = resolve_classes(list(classes), {})
+        self.device, self.batch_size = wrapper.device, int(batch_size)
+        self.prompts, self.descriptions_source = f"a {type(wrapper).__name__} in memory", "given"
+        self.wrapper = wrapper.eval()
+        return self
 
     def summary(self, num_videos: Optional[int] = None) -> str:
         c, e = self.cfg, self.cfg.eval
