@@ -73,8 +73,25 @@ def _clip_bpe(model: nn.Module, family: str, context_length: int) -> Any:
     return SimpleTokenizer(context_length=context_length)
 
 
+def _cut_states(states: Any, length: int) -> Any:
+    """A tuple of hidden states ``(N, L', D)`` cut to their first ``length`` tokens; anything else as it is."""
+    if (isinstance(states, tuple) and states and all(torch.is_tensor(h) and h.ndim == 3 for h in states)
+            and all(h.shape[1] >= length for h in states)):
+        return tuple(h[:, :length] for h in states)
+    return states
+
+
 class _HFDualTower(HostAdapter):
-    """What the four families share: ``text_model``/``vision_model`` and ``get_*_features``."""
+    """What the four families share: ``text_model``/``vision_model`` and ``get_*_features``.
+
+    Called directly while wrapped, the host returns what it returns unwrapped, in the same shapes:
+    its vision hidden states (``output_hidden_states=True``) leave out the prompt tokens (see
+    :meth:`_strip_hidden_states`); text prompts replace placeholder positions, so the text hidden
+    states keep the length of the ids (the prompt tokens are the placeholders'
+    ``[ctx_start, ctx_start + n_ctx)``). Attention maps (``output_attentions=True``) keep the vision
+    prompt tokens as their last ``n_vision_ctx`` query and key positions: rows with those keys cut
+    out would no longer be the distributions the layers used.
+    """
 
     served: tuple[str, str]
     causal: bool
@@ -86,6 +103,34 @@ class _HFDualTower(HostAdapter):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.text = _text_site(model.text_model, self.causal)
+        self._host_handles: list = []
+
+    def on_wrap(self) -> None:
+        self._host_handles = [self.model.vision_model.register_forward_hook(self._strip_hidden_states)]
+
+    def on_unwrap(self) -> None:
+        for handle in self._host_handles:
+            handle.remove()
+        self._host_handles = []
+
+    @staticmethod
+    def _strip_hidden_states(module: nn.Module, args: tuple, out: Any) -> Any:
+        """The vision tower's hidden states cut to its own sequence (the prompt tokens, last, left out).
+
+        From transformers 5 the hidden states are recorded by hooks on the encoder layers and added
+        to the tower's output after the encoder returns, so the wrapper's strip site (the encoder's
+        output) never sees them; here they are cut to the length of ``last_hidden_state``, which the
+        strip site has already cut. Nothing changes where they already match (prompts disabled,
+        text prompts only, or transformers 4.x, whose encoder returns them to the strip site).
+        """
+        if isinstance(out, dict):  # a ModelOutput
+            last, states = out.get("last_hidden_state"), out.get("hidden_states")
+            if torch.is_tensor(last) and isinstance(states, tuple):
+                out["hidden_states"] = _cut_states(states, last.shape[1])
+            return out
+        if isinstance(out, tuple) and out and torch.is_tensor(out[0]) and out[0].ndim == 3:  # return_dict=False
+            return tuple(_cut_states(item, out[0].shape[1]) for item in out)
+        return None
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         return _pooled(self.model.get_text_features(input_ids=ids))
@@ -169,15 +214,46 @@ class HFSiglip2Adapter(HFSiglipAdapter):
     """``transformers.Siglip2Model`` (NaFlex): images are cut into patches here, as its processor does.
 
     Frames are whole images ``(C, H, W)`` with ``H`` and ``W`` multiples of the patch size; the
-    position embeddings are resized to that grid by the model. No padding mask is passed (every
-    patch is real), so the prompt tokens need no mask entries either; for the same reason the
-    wrapped model cannot be called directly with a ``pixel_attention_mask`` (it would not cover
-    the prompt tokens): go through the wrapper, or ``unwrap()`` first.
+    position embeddings are resized to that grid by the model, and no padding mask is needed (every
+    patch is real). Called directly while wrapped, the model takes its processor's padded batches
+    too: the ``pixel_attention_mask`` it builds for the encoder gains entries that let every token
+    attend to the prompt tokens (:meth:`_mask_prompt_tokens`), while the pooling head, after the
+    prompts have left, keeps the mask as given.
     """
 
     kind = "hf_siglip2"
     family = "transformers Siglip2Model"
     served = _SIGLIP2
+
+    def on_wrap(self) -> None:
+        super().on_wrap()
+        encoder = self.model.vision_model.encoder
+        self._host_handles.append(encoder.register_forward_pre_hook(self._mask_prompt_tokens, with_kwargs=True))
+
+    @staticmethod
+    def _mask_prompt_tokens(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        """The encoder's attention mask widened to the prompt tokens appended to ``inputs_embeds``.
+
+        The model builds the mask from ``pixel_attention_mask`` after the embeddings, where the prompt
+        tokens have already joined: its keys then cover the patches only (transformers 5 gives
+        ``(N, 1, L + n, L)``, 4.x ``(N, 1, L, L)``; an all-ones mask gives ``None``, nothing to do).
+        The prompt keys are marked as attended (``True``, or 0 in an additive mask) and missing
+        query rows copy the last row: a padding mask's rows are all the same.
+        """
+        x = kwargs.get("inputs_embeds", args[0] if args else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if not (torch.is_tensor(x) and torch.is_tensor(mask)) or mask.shape[-1] >= x.shape[1]:
+            return None
+        n = x.shape[1] - mask.shape[-1]
+        attend = torch.ones((), dtype=mask.dtype, device=mask.device) if mask.dtype in (torch.bool, torch.long) \
+            else torch.zeros((), dtype=mask.dtype, device=mask.device)
+        mask = torch.cat([mask, attend.expand(*mask.shape[:-1], n)], dim=-1)
+        if mask.ndim == 4 and mask.shape[-2] < x.shape[1]:
+            rows = x.shape[1] - mask.shape[-2]
+            mask = torch.cat([mask, mask[..., -1:, :].expand(-1, -1, rows, -1)], dim=-2)
+        if "attention_mask" in kwargs or len(args) < 2:
+            return args, {**kwargs, "attention_mask": mask}
+        return (args[0], mask, *args[2:]), kwargs
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         patches, shapes = self.patchify(images)

@@ -1,0 +1,192 @@
+"""Host features while wrapped: what a host returns when called directly keeps its own shapes.
+
+* transformers hosts with ``output_hidden_states=True``: vision hidden states without the prompt
+  tokens (checked against the host's own and the hand-written prompted encoder), text hidden states
+  at the ids' length with the prompt tokens at the placeholder positions;
+* ``Siglip2Model`` with a ``pixel_attention_mask`` (its processor's padded NaFlex batches);
+* open_clip towers whose text is a transformers model (``HFTextEncoder``): the contract runs on
+  them through ``tests/zoo/open_clip_custom.py``; here, what they refuse;
+* timm trunks: BEiT's relative position bias with prompt tokens, and Swin's refusal.
+
+Every reference is computed with the host's parameters frozen as the wrapper freezes them, so both
+sides of a comparison take the same kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import promptcouple as pc
+from promptcouple.errors import UnsupportedHostError
+from zoo import hf as zoo_hf
+
+HF_CASES = {case.name: case for case in zoo_hf.CASES}
+N_CTX, N_VISION = 4, 3
+CLASSES = ["archery", "riding a bike"]
+
+
+def _ivlp(vision: bool = True) -> pc.CouplingConfig:
+    if not vision:
+        return pc.CouplingConfig(n_ctx=N_CTX, text_depth=3, n_vision_ctx=0, vision_depth=0)
+    return pc.CouplingConfig(n_ctx=N_CTX, text_depth=3, n_vision_ctx=N_VISION, vision_depth=3)
+
+
+def _hf_host(name: str):
+    if name not in HF_CASES:
+        pytest.skip(f"{name} needs a transformers release that has it")
+    host = HF_CASES[name].build(0).requires_grad_(False)  # frozen, as the wrapper leaves it
+    return HF_CASES[name], host
+
+
+def _vision_inputs(name: str, images: torch.Tensor) -> dict:
+    return zoo_hf._siglip2_inputs(images) if name == "hf-siglip2" else dict(pixel_values=images)
+
+
+def _images(seed: int = 1) -> torch.Tensor:  # two images: one X-CLIP clip of its two frames
+    return torch.randn(2, 3, zoo_hf.IMAGE, zoo_hf.IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def _manual_encoder_output(name: str, host, images, prompts) -> torch.Tensor:
+    """The prompted encoder's output (prompts stripped), written out in ``tests/zoo/hf.py``."""
+    v = host.vision_model
+    if name in ("hf-clip", "hf-xclip"):
+        pre = v.pre_layrnorm if name == "hf-clip" else v.pre_layernorm
+        return zoo_hf._manual_vision_states(v, zoo_hf._clip_embed(v, images), prompts, pre)
+    if name == "hf-siglip2":
+        x = v.embeddings.patch_embedding(zoo_hf._siglip2_inputs(images)["pixel_values"])
+    else:
+        x = v.embeddings.patch_embedding(images).flatten(2).transpose(1, 2)
+    return zoo_hf._manual_vision_states(v, x + v.embeddings.position_embedding.weight, prompts)
+
+
+HF_NAMES = ["hf-clip", "hf-siglip", "hf-siglip2", "hf-xclip"]
+
+
+@pytest.mark.parametrize("name", HF_NAMES)
+def test_vision_hidden_states_leave_out_the_prompt_tokens(name):
+    case, host = _hf_host(name)
+    inputs = _vision_inputs(name, _images())
+    with torch.no_grad():
+        own = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=case.tokenizer()).eval()
+    with torch.no_grad():
+        out = host.vision_model(**inputs, output_hidden_states=True)
+        as_tuple = host.vision_model(**inputs, output_hidden_states=True, return_dict=False)
+        with wrapper.prompts_disabled():
+            disabled = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+            manual = _manual_encoder_output(name, host, _images(), wrapper.prompts)  # the hooks off
+    states = out.hidden_states
+    assert [h.shape for h in states] == [h.shape for h in own]  # the un-prompted sequence length
+    assert [h.shape for h in as_tuple[2]] == [h.shape for h in own]
+    # Before any block the patch tokens do not see the prompts; the last layer's are the prompted encoder's.
+    torch.testing.assert_close(states[0], own[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(states[-1], manual, atol=1e-5, rtol=0)
+    assert (states[-1] - own[-1]).abs().max() > 1e-3  # the prompts did act
+    for a, b in zip(disabled, own):  # prompts off: the host's own, same kernels
+        assert torch.equal(a, b)
+    host = wrapper.unwrap()
+    with torch.no_grad():
+        again = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(again, own))
+
+
+def test_a_copys_unwrap_leaves_the_originals_stripping():
+    import copy
+
+    case, host = _hf_host("hf-siglip")
+    inputs = _vision_inputs("hf-siglip", _images())
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=case.tokenizer()).eval()
+    twin = copy.deepcopy(wrapper)
+    twin_host = twin.unwrap()
+    with torch.no_grad():
+        states = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+        own = twin_host.vision_model(**inputs, output_hidden_states=True).hidden_states
+    assert [h.shape for h in states] == [h.shape for h in own]
+    assert (states[-1] - own[-1]).abs().max() > 1e-3  # the original is still prompted, the copy is not
+
+
+@pytest.mark.parametrize("name", ["hf-clip", "hf-siglip"])
+def test_hidden_states_with_text_prompts_only_are_the_hosts_own(name):
+    case, host = _hf_host(name)
+    inputs = _vision_inputs(name, _images())
+    with torch.no_grad():
+        own = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+        pc.CouplingPromptWrapper(host, _ivlp(vision=False), tokenizer=case.tokenizer()).eval()
+        wrapped = host.vision_model(**inputs, output_hidden_states=True).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(wrapped, own))
+
+
+@pytest.mark.parametrize("name", HF_NAMES)
+def test_text_hidden_states_hold_the_prompts_at_the_placeholders(name):
+    case, host = _hf_host(name)
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=case.tokenizer()).eval()
+    ids = wrapper.tokenize(CLASSES)
+    start = wrapper._ctx_start
+    with torch.no_grad():
+        states = host.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+        with wrapper.prompts_disabled():
+            own = host.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert all(h.shape[:2] == ids.shape for h in states)
+    first, own_first = states[0], own[0]  # embeddings: only the placeholders change
+    assert torch.equal(first[:, :start], own_first[:, :start])
+    assert torch.equal(first[:, start + N_CTX:], own_first[:, start + N_CTX:])
+    assert (first[:, start:start + N_CTX] - own_first[:, start:start + N_CTX]).abs().min() > 0
+    host = wrapper.unwrap()
+    with torch.no_grad():
+        unwrapped = host.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(unwrapped, own))
+
+
+# ---------------------------------------------------------------------- Siglip2's padding mask
+
+def _padded(inputs: dict, extra: int, seed: int = 7) -> dict:
+    """The batch as Siglip2's processor pads it to more patches: junk patches, masked out."""
+    pixels = inputs["pixel_values"]
+    junk = torch.randn(pixels.shape[0], extra, pixels.shape[-1], generator=torch.Generator().manual_seed(seed))
+    mask = inputs["pixel_attention_mask"]
+    return dict(pixel_values=torch.cat([pixels, junk], 1), spatial_shapes=inputs["spatial_shapes"],
+                pixel_attention_mask=torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], 1))
+
+
+def test_siglip2_takes_its_padding_mask_while_wrapped():
+    case, host = _hf_host("hf-siglip2")
+    images = _images()
+    inputs = zoo_hf._siglip2_inputs(images)  # an all-ones mask
+    padded = _padded(inputs, extra=5)
+    ids = zoo_hf.WordTokenizer()(["a photo", "a video of archery"])
+    with torch.no_grad():
+        own_logits = host(input_ids=ids, **inputs).logits_per_image
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=case.tokenizer()).eval()
+    with torch.no_grad():
+        no_mask = wrapper.host.encode_image(images)  # the wrapper's own path: every patch real, no mask
+        with wrapper.prompts_disabled():  # the hand-written path puts the prompts in itself
+            manual = zoo_hf._manual_siglip_image(host, images, wrapper.prompts)
+        ones = host.get_image_features(**inputs).pooler_output
+        out = host.get_image_features(**padded, output_hidden_states=True)
+        logits = host(input_ids=ids, **padded).logits_per_image
+        with wrapper.prompts_disabled():
+            disabled_logits = host(input_ids=ids, **padded).logits_per_image
+    torch.testing.assert_close(no_mask, manual, atol=1e-5, rtol=0)
+    assert torch.equal(ones, no_mask)  # an all-ones mask is no mask
+    # Padded patches are masked keys in every layer and in the pooling head, so the valid ones give the
+    # same features; the tolerance covers the longer sequence's other reduction blocking.
+    torch.testing.assert_close(out.pooler_output, no_mask, atol=1e-6, rtol=0)
+    assert all(h.shape[1] == padded["pixel_values"].shape[1] for h in out.hidden_states)  # no prompt tokens
+    assert (logits - own_logits).abs().max() > 1e-4  # the prompts act on the padded batch too
+    torch.testing.assert_close(disabled_logits, own_logits, atol=1e-5, rtol=0)
+
+
+def test_siglip2_mask_widening_keeps_additive_and_4x_layouts():
+    """The encoder mask as eager attention (additive) and transformers 4.x (square) give it."""
+    from promptcouple.adapters.hf import HFSiglip2Adapter
+
+    x = torch.zeros(2, 7, 4)  # 5 patch tokens, then 2 prompt tokens
+    valid = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    additive = torch.zeros(2, 1, 5, 5).masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
+    args, kwargs = HFSiglip2Adapter._mask_prompt_tokens(None, (), dict(inputs_embeds=x, attention_mask=additive))
+    mask = kwargs["attention_mask"]
+    assert mask.shape == (2, 1, 7, 7)
+    expected = torch.cat([valid, torch.ones(2, 2, dtype=torch.bool)], 1)
+    assert torch.equal(mask == 0, expected[:, None, None, :].expand(-1, 1, 7, -1))
+    assert HFSiglip2Adapter._mask_prompt_tokens(None, (x[:, :5],), dict(attention_mask=additive)) is None
