@@ -37,6 +37,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], *,
 
 def _convert_file(path: PathLike, *, trust: bool) -> tuple[str, dict[str, torch.Tensor], CouplingConfig]:
     state, _, _ = extract_state_dict(read_checkpoint(path, trust=trust))
+    if "prompts.ctx" in state:  # saved by ViFi-CLIP's / X-CLIP's loop around a drop-in model (docs/INTEGRATIONS.md)
+        from promptcouple.integrations import checkpoint_prompt_tensors
+
+        tensors, config, _ = checkpoint_prompt_tensors(state)
+        return "promptcouple drop-in", tensors, config
     return convert_state_dict(state)
 
 
@@ -72,7 +77,8 @@ def convert_checkpoint(src: PathLike, dst: Optional[PathLike] = None, *, trust: 
     except PromptFileError as err:
         raise CheckpointError(f"cannot convert: {err}") from None
     if dst is not None:
-        write_prompt_file(dst, tensors, config, host=f"converted from {fmt}")
+        train_host = sorted({k.split(".")[1] for k in tensors if k.startswith("host.")})  # X-CLIP's mit, ...
+        write_prompt_file(dst, tensors, config, host=f"converted from {fmt}", train_host=train_host)
     return PromptFile(tensors, config, {"source_format": fmt})
 
 
