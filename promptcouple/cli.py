@@ -15,22 +15,27 @@ import os
 import sys
 from typing import Callable, Iterator, Optional
 
-# subcommand -> (module, function taking argv, one-line help). Imported lazily so `--help` stays fast.
+# subcommand -> (where its body is, one-line help). A new subcommand is one line here and one module
+# of promptcouple.commands whose `main(argv) -> int` is the body ("module:function" names another
+# function). Imported lazily so that `--help` stays fast.
 COMMANDS = {
-    "train": ("promptcouple.train.cli", "train_main", "train prompts from a YAML config (torchrun-ready)"),
-    "eval": ("promptcouple.train.cli", "eval_main", "evaluate prompts (or zero-shot) on a run's or a config's data"),
-    "predict": ("promptcouple.predict", "cli_main", "classify a video file or a folder of videos with a prompt file"),
-    "inspect": ("promptcouple.io", "cli_main", "print the config, shapes, class names and backbone of a prompt file"),
-    "convert": ("promptcouple.convert", "cli_main", "convert a GA2-CLIP / ViFi-CLIP checkpoint into a prompt file"),
-    "split": ("promptcouple.data.splits", "cli_main", "base/novel class splits and K-shot training lists"),
+    "train": ("promptcouple.commands.train", "train prompts from a YAML config (torchrun-ready)"),
+    "eval": ("promptcouple.commands.eval", "evaluate prompts (or zero-shot) on a run's or a config's data"),
+    "predict": ("promptcouple.commands.predict", "classify a video file or a folder of videos with a prompt file"),
+    "inspect": ("promptcouple.commands.inspect", "print the config, shapes, class names and backbone of a prompt file"),
+    "convert": ("promptcouple.commands.convert", "convert a GA2-CLIP / ViFi-CLIP checkpoint into a prompt file"),
+    "split": ("promptcouple.commands.split", "base/novel class splits and K-shot training lists"),
+    "export": ("promptcouple.export:cli_main", "export a prompt file and its classes as an ONNX video classifier"),
+    "demo": ("promptcouple.demo:cli_main", "a web page (Gradio) to try prompt files on a video"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from promptcouple.commands import CommandParser
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="promptcouple", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="commands:\n" + "\n".join(f"  {k:<9} {v[2]}" for k, v in COMMANDS.items()))
+    parser = CommandParser(prog="promptcouple", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="commands:\n" + "\n".join(f"  {k:<9} {v[1]}" for k, v in COMMANDS.items()))
     parser.add_argument("--version", action="version", version=f"promptcouple {_version()}")
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
     parser.add_argument("--debug", action="store_true",
@@ -43,11 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = "--debug" in argv or os.environ.get("PROMPTCOUPLE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = parser.parse_args(argv[:1])
-    module, func, _ = COMMANDS[args.command]
+
+    def command() -> Optional[int]:
+        module, _, function = COMMANDS[parser.parse_args(argv[:1]).command][0].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(argv[1:])
+
+    prog = f"promptcouple {argv[0]}" if argv and argv[0] in COMMANDS else "promptcouple"
     with log_to_stdout():
-        return run_command(f"promptcouple {args.command}", lambda: getattr(importlib.import_module(module), func)(
-            argv[1:]), debug=debug)
+        return run_command(prog, command, debug=debug)
 
 
 def _version() -> str:
@@ -64,6 +72,7 @@ def run_command(prog: str, command: Callable[[], Optional[int]], *, debug: bool 
     by its type and message. ``debug`` (``--debug``, ``PROMPTCOUPLE_DEBUG=1``) re-raises instead,
     so the traceback shows.
     """
+    from promptcouple.commands import UsageError
     from promptcouple.errors import PromptcoupleError
 
     try:
@@ -81,7 +90,9 @@ def run_command(prog: str, command: Callable[[], Optional[int]], *, debug: bool 
         # no hint of where they came from: their type says what happened.
         text = str(err) if expected else f"{type(err).__name__}: {err}"
         text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-        print(f"{prog}: error: {text} (--debug or PROMPTCOUPLE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        # A usage error has no traceback worth showing; it says which --help to read instead.
+        hint = "" if isinstance(err, UsageError) else " (--debug or PROMPTCOUPLE_DEBUG=1 shows the traceback)"
+        print(f"{prog}: error: {text}{hint}", file=sys.stderr)
         return err.exit_status if expected else 1
 
 

@@ -8,7 +8,6 @@ was trained with (it is not saved there) and writes the prompt file.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -102,20 +101,3 @@ def _hard_prompt_tensor(source, *, trust: bool) -> torch.Tensor:
         return read_prompt_file(path).effective_context()
     # A GA2-CLIP hard-prompt checkpoint: its own (uncoupled) text context.
     return _convert_file(path, trust=trust)[1]["text.ctx"]
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """``promptcouple convert SRC DST [--hard-prompt FILE] [--trust]``."""
-    parser = argparse.ArgumentParser(prog="promptcouple convert",
-                                     description="Convert a GA2-CLIP or ViFi-CLIP checkpoint into a prompt file.")
-    parser.add_argument("src", help="reference checkpoint (.pth)")
-    parser.add_argument("dst", help="output prompt file (.safetensors)")
-    parser.add_argument("--hard-prompt", help="hard prompt the checkpoint was coupled to (prompt file or GA2-CLIP .pth)")
-    parser.add_argument("--trust", action="store_true",
-                        help="allow pickled objects in the checkpoint (only for files you trust)")
-    args = parser.parse_args(argv)
-    pf = convert_checkpoint(args.src, args.dst, trust=args.trust, hard_prompts=args.hard_prompt)
-    print(f"{args.src} ({pf.metadata['source_format']}) -> {args.dst}: {pf.config}")
-    if pf.coupled and "text.hard" not in pf.tensors:
-        print("note: coupled checkpoint without its hard prompt; pass hard_prompts= when loading, or --hard-prompt")
-    return 0

@@ -364,32 +364,3 @@ def load_prompts_into(wrapper, source: Union[PathLike, PromptFile]) -> None:
         for key, target in expected.items():
             if key in pf.tensors:
                 target.copy_(pf.tensors[key].to(target.device, target.dtype))
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """``promptcouple inspect FILE``: config, tensor shapes and metadata of a prompt file."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="promptcouple inspect", description=cli_main.__doc__)
-    parser.add_argument("file")
-    args = parser.parse_args(argv)
-    pf = read_prompt_file(args.file)
-    print(f"{args.file}: {pf.config}")
-    for key in sorted(pf.tensors):
-        print(f"  {key:<18} {tuple(pf.tensors[key].shape)}")
-    for key, value in sorted(pf.metadata.items()):
-        if key != "config" and key not in RUN_INFO_KEYS:
-            print(f"  [{key}] {value}")
-    info = run_info_of(pf.metadata)
-    if not info:
-        print("  (no run information: class names and backbone are not recorded; "
-              "files written by `promptcouple train` carry them)")
-    for key, value in info.items():
-        if key == "classnames":
-            value = f"{len(value)}: {', '.join(value)}"
-        elif key == "eval_classnames":
-            value = "; ".join(f"{name} ({len(names)}): {', '.join(names)}" for name, names in value.items())
-        elif isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
-        print(f"  [{key}] {value}")
-    return 0

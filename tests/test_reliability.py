@@ -308,6 +308,15 @@ CLI_CASES = [
     ("resume-truncated", lambda f: ["train", f.cfg, "--resume", "--set", f"run.output_dir={f.truncated_run}"], 2,
      ["truncated"]),
     ("eval-nan-prompts", lambda f: ["eval", f.cfg, "--prompts", f.nan], 2, ["non-finite"]),
+    ("eval-output-is-a-folder", lambda f: ["eval", f.cfg, "--output", f.dir], 2, ["--output", "is a folder"]),
+    ("eval-output-under-a-file", lambda f: ["eval", f.cfg, "--output", f.a_file / "m.json"], 2,
+     ["--output", "a_file is a file"]),
+    ("eval-out-is-a-file", lambda f: ["eval", f.cfg, "--out", f.a_file], 2, ["--out", "is a file"]),
+    # argparse's own errors: one line too (not the usage block), exit status 2
+    ("usage-unknown-option", lambda f: ["eval", f.cfg, "--no-such-option"], 2,
+     ["unrecognized arguments: --no-such-option", "promptcouple eval --help"]),
+    ("usage-unknown-command", lambda f: ["nosuch"], 2, ["invalid choice: 'nosuch'"]),
+    ("usage-split-subcommand", lambda f: ["split", "few-shot"], 2, ["required", "promptcouple split few-shot --help"]),
 ]
 
 
@@ -315,7 +324,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("promptcouple ") and ": error: " in lines[0], lines[0]
+    assert lines[0].startswith("promptcouple") and ": error: " in lines[0], lines[0]
     return lines[0]
 
 

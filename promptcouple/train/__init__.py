@@ -9,8 +9,8 @@
 One concern per module: ``config`` (the schema) on ``yaml_dataclass`` (the generic YAML engine),
 ``data`` (the datasets a config names), ``hosts`` (backbone and wrapper), ``distributed``
 (process group and device), ``seeding``, ``step`` (one micro-step's loss), ``trainer``,
-``evaluation``, ``checkpoint`` (resumable training state), ``backbone`` (reference checkpoints'
-CLIP weights) and ``cli``.
+``evaluation``, ``checkpoint`` (resumable training state) and ``backbone`` (reference checkpoints'
+CLIP weights); the ``train`` and ``eval`` commands are in :mod:`promptcouple.commands`.
 """
 
 from promptcouple.train.backbone import BackboneLoadError, BackboneReport, load_backbone

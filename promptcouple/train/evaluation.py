@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from promptcouple.errors import InvalidInputError, OutputConflictError
 from promptcouple.fileio import PathLike, atomic_write, atomic_write_text
 from promptcouple.train.config import PROMPTS, ConfigError, TrainConfig, check_files, load_config
 from promptcouple.train.data import Datasets, build_datasets
@@ -279,11 +280,52 @@ def evaluate_sets(wrapper: nn.Module, datasets: Datasets, cfg: TrainConfig, *,
     return out
 
 
+def _file_above(path: Path) -> Optional[Path]:
+    """The nearest existing ancestor of ``path`` if it is not a folder (then nothing can be written there)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_file(path: PathLike, name: str = "output") -> None:
+    """Refuse an output file path that is a folder or lies under a file, before anything runs.
+
+    Raises:
+        OutputConflictError: ``path`` is a folder.
+        InvalidInputError: A part of ``path`` above it is a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputConflictError(f"{name} {path} is a folder; expected a JSON file name, e.g. {path / 'metrics.json'}")
+    above = _file_above(path)
+    if above is not None:
+        raise InvalidInputError(f"{name} {path}: {above} is a file, so nothing can be written under it; "
+                                "choose a path in a folder")
+
+
+def check_report_dir(path: PathLike, name: str = "report_dir") -> None:
+    """Refuse a report folder that is a file or lies under a file, before anything runs.
+
+    Raises:
+        OutputConflictError: ``path`` is a file.
+        InvalidInputError: A part of ``path`` above it is a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputConflictError(f"{name} {path} is a file; expected a folder for the reports")
+    above = _file_above(path)
+    if above is not None:
+        raise InvalidInputError(f"{name} {path}: {above} is a file, so no folder can be made under it; "
+                                "choose a path in a folder")
+
+
 def zero_shot_classifier(wrapper: nn.Module) -> nn.Module:
-    """The frozen backbone inside ``wrapper``, prompts off, scored with the hand-crafted template."""
+    """The frozen backbone inside ``wrapper``, prompts off, scored with the hand-crafted template
+    (filled with each class's descriptions where the wrapper has them)."""
     from promptcouple.world.model import ZeroShotClassifier
 
-    return ZeroShotClassifier.from_wrapper(wrapper)
+    return ZeroShotClassifier.from_wrapper(wrapper, descriptions=getattr(wrapper, "descriptions", None))
 
 
 def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[PathLike] = None, *,
@@ -295,6 +337,10 @@ def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[Path
     Runs under ``torchrun`` as well (every rank scores a shard). Rank 0 writes ``output`` (JSON)
     and, with ``report_dir``, ``metrics.json`` and each set's report (:func:`write_report`) there.
     """
+    if output is not None:
+        check_output_file(output)
+    if report_dir is not None:
+        check_report_dir(report_dir)
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     check_files(cfg)
     if prompts is not None and not os.path.isfile(prompts):
@@ -317,6 +363,8 @@ def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[Path
             logger.info("eval: %s on %s; model %s; %s; device %s x %d", what, sets, cfg.model.name,
                         f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
         wrapper = build_wrapper(cfg, ctx.device, prompts=prompts)
+        if datasets.descriptions is not None:  # the config's (data.descriptions) over the prompt file's record
+            wrapper.descriptions = datasets.descriptions
         model = wrapper if prompts is not None else zero_shot_classifier(wrapper)
         results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=report_dir)
         if ctx.is_main:
