@@ -190,3 +190,84 @@ def test_siglip2_mask_widening_keeps_additive_and_4x_layouts():
     expected = torch.cat([valid, torch.ones(2, 2, dtype=torch.bool)], 1)
     assert torch.equal(mask == 0, expected[:, None, None, :].expand(-1, 1, 7, -1))
     assert HFSiglip2Adapter._mask_prompt_tokens(None, (x[:, :5],), dict(attention_mask=additive)) is None
+
+
+# ------------------------------------------------------------- open_clip and timm towers
+
+open_clip = pytest.importorskip("open_clip")
+timm = pytest.importorskip("timm")
+from zoo import open_clip_custom as zoo_oc  # noqa: E402  (needs both)
+
+
+def test_open_clip_hf_text_tower_of_another_layout_is_refused_with_the_reason():
+    """An mt5 text tower (T5's layout: ``shared``, ``encoder.block``) is not BERT's; the contract runs on XLM-R."""
+    import transformers
+    from functools import partial
+    from unittest import mock
+
+    from open_clip.hf_model import HFTextEncoder
+
+    config = transformers.MT5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    with mock.patch.object(open_clip.model, "HFTextEncoder", partial(HFTextEncoder, config=config)):
+        host = open_clip.CustomTextCLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=16, layers=1,
+                                                                      head_width=8),
+                                        text_cfg=dict(hf_model_name="google/mt5-small", hf_model_pretrained=False))
+    with pytest.raises(UnsupportedHostError) as err:
+        pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=zoo_oc.XLMRTokenizer())
+    assert "HFTextEncoder over a transformers 'mt5' model" in str(err.value)
+    assert "BERT's layout (embeddings.word_embeddings and encoder.layer" in str(err.value)
+
+
+def test_open_clip_hf_text_tower_wants_its_tokenizer():
+    host = zoo_oc.build_hf_text(0)
+    with pytest.raises(pc.errors.InvalidInputError, match=r"open_clip.get_tokenizer\('<model name>'\)"):
+        pc.CouplingPromptWrapper(host, _ivlp())
+
+
+SWIN_SIZES = dict(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2))
+
+
+def _swin_host(cls):
+    from unittest import mock
+
+    create = timm.create_model
+    torch.manual_seed(0)
+    with mock.patch.object(timm, "create_model", lambda name, **kw: create(name, **{**kw, **SWIN_SIZES})):
+        return cls(embed_dim=32, vision_cfg=dict(image_size=32, timm_model_name="swin_tiny_patch4_window7_224",
+                                                 timm_pool="", timm_proj="linear"),
+                   text_cfg=dict(context_length=32, vocab_size=49408, width=32, heads=2, layers=3)).eval()
+
+
+def swin_reason(family: str) -> str:
+    return (f"{family}: the image tower is a timm SwinTransformer trunk, whose windowed attention runs over a 2-D "
+            "grid of patches in (shifted) local windows, merged stage by stage: there is no global token sequence "
+            "for vision prompt tokens to join; this config asks for 3 vision prompt tokens")
+
+
+@pytest.mark.parametrize("cls", ["CustomTextCLIP", "CLIP"])
+def test_swin_trunk_refuses_vision_prompts_with_the_reason_and_takes_text_prompts(cls):
+    host = _swin_host(getattr(open_clip, cls)).requires_grad_(False)
+    with pytest.raises(UnsupportedHostError) as err:
+        pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=zoo_oc._clip_tokenizer())
+    assert str(err.value).startswith(swin_reason(f"open_clip {cls}"))
+    frames = torch.randn(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        own_video = host.encode_image(frames.flatten(0, 1)).mean(0, keepdim=True)
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(vision=False), tokenizer=zoo_oc._clip_tokenizer()).eval()
+    with torch.no_grad():
+        assert torch.equal(wrapper.encode_video(frames), own_video)
+        text = wrapper.encode_text(CLASSES)
+        with wrapper.prompts_disabled():
+            text_by_hand = (zoo_oc.manual_text if cls == "CustomTextCLIP" else zoo_oc._clip_text)(
+                host, wrapper.tokenize(CLASSES), wrapper.prompts, wrapper._ctx_start)
+    torch.testing.assert_close(text, text_by_hand, atol=1e-5, rtol=0)
+
+
+def test_beit_bias_padding_leaves_with_unwrap():
+    """The Beit case of the contract checks the prompted forward; here, that nothing stays behind."""
+    host = zoo_oc.build_beit(0)
+    attentions = [block.attn for block in host.visual.trunk.blocks]
+    wrapper = pc.CouplingPromptWrapper(host, _ivlp(), tokenizer=zoo_oc._clip_tokenizer())
+    assert all("_get_rel_pos_bias" in attn.__dict__ for attn in attentions)
+    wrapper.unwrap()
+    assert not any("_get_rel_pos_bias" in attn.__dict__ or attn._forward_pre_hooks for attn in attentions)

@@ -55,6 +55,16 @@ def is_open_clip_vit(visual: nn.Module) -> bool:
     return isinstance(visual, VisionTransformer)
 
 
+def _refusal(visual: nn.Module, family: str) -> str:
+    """Why an image tower other than open_clip's ViT takes no vision prompts (a timm trunk: its own reason)."""
+    trunk = getattr(visual, "trunk", None)
+    if isinstance(trunk, nn.Module) and type(visual).__name__ == "TimmModel":
+        from promptcouple.adapters.timm import vision_refusal
+
+        return vision_refusal(trunk, family)
+    return f"{family}: the image tower is {type(visual).__name__}, which has no token sequence"
+
+
 class TextTowerPath:
     """open_clip's text path over a module that owns ``token_embedding``, ``positional_embedding``,
     ``transformer``, ``ln_final``, ``text_projection`` and ``attn_mask`` (``CLIP`` itself, or a
@@ -112,8 +122,7 @@ class OpenClipAdapter(HostAdapter):
         self._text = TextTowerPath(model, getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None))
         self.text = self._text.site()
         self.vision = open_clip_vision_site(model.visual, self.family) if is_open_clip_vit(model.visual) else None
-        self.vision_refusal = None if self.vision is not None else (
-            f"{self.family}: the image tower is {type(model.visual).__name__}, which has no token sequence")
+        self.vision_refusal = None if self.vision is not None else _refusal(model.visual, self.family)
 
     def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
         return self._text.short(ids)
