@@ -35,6 +35,23 @@ logger = logging.getLogger(__name__)
 
 # Recorded class sets that --classes can name instead of a file or a list.
 CLASS_SETS = ("train", "val", "base", "novel", "all")
+# The prompt-set name of the frozen backbone with the hand-crafted template (what `eval` does without prompts).
+ZERO_SHOT = "no prompts"
+
+
+def prompt_set_names(paths: Sequence[PathLike]) -> list[str]:
+    """Short distinct names for prompt files: the file's stem, or its folder's name for a run
+    folder's ``prompts.safetensors``; a repeated name gets ``-2``, ``-3``..."""
+    names: list[str] = []
+    for path in paths:
+        p = Path(str(path).removeprefix("hf-hub:"))
+        base = p.parent.name if p.stem == "prompts" and p.parent.name else (p.stem or p.name)
+        name, i = base, 1
+        while name in names or name == ZERO_SHOT:
+            i += 1
+            name = f"{base}-{i}"
+        names.append(name)
+    return names
 
 
 @dataclass
@@ -112,7 +129,9 @@ class Predictor:
     """A prompt file's model, ready to classify video files as evaluation would.
 
     Args:
-        prompts: The prompt file.
+        prompts: The prompt file (a file, a folder holding ``prompts.safetensors``, ``hf-hub:org/repo``),
+            or several trained on the same backbone: the backbone is built once and each file is a
+            named prompt set (:attr:`prompt_sets`, :func:`prompt_set_names`), the first one active.
         classes: The classes to score (see :func:`resolve_classes`; default: the training classes).
         config: A config (YAML path or :class:`TrainConfig`) that overrides what the prompt file
             and its run folder say about the backbone, frames, image size and views.
@@ -124,7 +143,7 @@ class Predictor:
         InvalidInputError: Bad class names.
     """
 
-    def __init__(self, prompts: PathLike, *, classes: Union[None, str, Sequence[str]] = None,
+    def __init__(self, prompts: Union[PathLike, Sequence[PathLike]], *, classes: Union[None, str, Sequence[str]] = None,
                  config=None, device: str = "auto", batch_size: int = 8):
         from promptcouple.io import read_prompt_file, run_info_of
         from promptcouple.train.config import TrainConfig, load_config
@@ -132,7 +151,10 @@ class Predictor:
         from promptcouple.hub import resolve_prompt_source
         from promptcouple.train.run_info import check_backbone, config_from_run_info, run_config_path
 
-        prompts = resolve_prompt_source(prompts)  # a folder's prompts.safetensors, or a Hub file (cached)
+        sources = [prompts] if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+        if not sources:
+            raise InvalidInputError("Predictor: no prompt file given; expected one or more")
+        prompts = resolve_prompt_source(sources[0])  # a folder's prompts.safetensors, or a Hub file (cached)
         pf = read_prompt_file(prompts)
         info = run_info_of(pf.metadata)
         if isinstance(config, TrainConfig):
@@ -153,6 +175,48 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.prompts = str(prompts)
         self.wrapper = build_wrapper(cfg, self.device, prompts=prompts).eval()
+        names = prompt_set_names(sources)
+        # display name -> the wrapper's name of that prompt set
+        self.prompt_sets = {names[0]: getattr(self.wrapper, "active_prompts", names[0])}
+        self._zero_shot = None
+        for name, source in zip(names[1:], sources[1:]):
+            self.add_prompts(source, name=name)
+
+    def add_prompts(self, source: PathLike, *, name: Optional[str] = None) -> str:
+        """Load another prompt file onto the same backbone as a named prompt set; returns its name.
+
+        Raises:
+            ConfigError: The file records another backbone than this predictor's.
+        """
+        from promptcouple.hub import resolve_prompt_source
+        from promptcouple.io import read_prompt_file, run_info_of
+        from promptcouple.train.run_info import check_backbone
+
+        path = resolve_prompt_source(source)
+        check_backbone(self.cfg, run_info_of(read_prompt_file(path).metadata))
+        name = name or prompt_set_names([*self.prompt_sets, source])[-1]
+        if name in self.prompt_sets or name == ZERO_SHOT:
+            raise InvalidInputError(f"prompt set {name!r} is already loaded; give another name")
+        self.wrapper.add_prompts(name, path)
+        self.prompt_sets[name] = name
+        return name
+
+    def _model(self, prompt_set: Optional[str]):
+        """What scores the frames: the wrapper with ``prompt_set`` active (``None``: as it is), or the
+        zero-shot classifier of its backbone (:data:`ZERO_SHOT`)."""
+        if prompt_set == ZERO_SHOT:
+            if self._zero_shot is None:
+                from promptcouple.train.evaluation import zero_shot_classifier
+
+                self._zero_shot = zero_shot_classifier(self.wrapper)
+            return self._zero_shot
+        if prompt_set is not None:
+            if prompt_set not in self.prompt_sets:
+                raise InvalidInputError(f"prompt set {prompt_set!r} is not loaded; loaded: "
+                                        f"{', '.join([*self.prompt_sets, ZERO_SHOT])}")
+            if len(self.prompt_sets) > 1:
+                self.wrapper.set_prompts(self.prompt_sets[prompt_set])
+        return self.wrapper
 
     @classmethod
     def from_wrapper(cls, wrapper, classes: Sequence[str], *, config=None, batch_size: int = 8) -> "Predictor":
@@ -168,6 +232,8 @@ class Predictor:
         self.device, self.batch_size = wrapper.device, int(batch_size)
         self.prompts, self.descriptions_source = f"a {type(wrapper).__name__} in memory", "given"
         self.wrapper = wrapper.eval()
+        self.prompt_sets = {getattr(wrapper, "active_prompts", "prompts"): getattr(wrapper, "active_prompts", "prompts")}
+        self._zero_shot = None
         return self
 
     def summary(self, num_videos: Optional[int] = None) -> str:
@@ -187,18 +253,25 @@ class Predictor:
         return frames if frames.ndim == 5 else frames.unsqueeze(0)
 
     @torch.no_grad()
-    def probabilities(self, frames: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, frames: torch.Tensor, *, classnames: Optional[Sequence[str]] = None,
+                      prompt_set: Optional[str] = None) -> torch.Tensor:
         """``(B, K)`` class probabilities of ``(B, V, T, 3, S, S)`` views: with ``eval.reduce: softmax``
-        the views' mean probabilities (what evaluation ranks), with ``logits`` the softmax of the mean logits."""
+        the views' mean probabilities (what evaluation ranks), with ``logits`` the softmax of the mean logits.
+
+        ``classnames``: other classes than the predictor's; ``prompt_set``: one of :attr:`prompt_sets`
+        (it stays active) or :data:`ZERO_SHOT`; ``None``: the active one."""
         from promptcouple.train.evaluation import score_views
 
         reduce = self.cfg.eval.reduce
-        scores = score_views(self.wrapper, frames.to(self.device), self.classnames, reduce=reduce,
+        classnames = self.classnames if classnames is None else resolve_classes(list(classnames), {})[0]
+        scores = score_views(self._model(prompt_set), frames.to(self.device), classnames, reduce=reduce,
                              precision=self.cfg.run.precision)
         return scores if reduce == "softmax" else scores.softmax(-1)
 
-    def predict(self, paths: Sequence[PathLike], topk: int = 5, progress: bool = False) -> list[VideoPrediction]:
-        """Classify video files; one that cannot be decoded gets an ``error`` (and a warning) instead."""
+    def predict(self, paths: Sequence[PathLike], topk: int = 5, progress: bool = False, *,
+                prompt_set: Optional[str] = None) -> list[VideoPrediction]:
+        """Classify video files; one that cannot be decoded gets an ``error`` (and a warning) instead.
+        ``prompt_set``: as in :meth:`probabilities`."""
         from promptcouple.data import DECODE_ERRORS
 
         k = min(topk, len(self.classnames))
@@ -206,7 +279,7 @@ class Predictor:
         batch: list[tuple[str, torch.Tensor]] = []
 
         def flush() -> None:
-            probs = self.probabilities(torch.stack([f for _, f in batch])).cpu()
+            probs = self.probabilities(torch.stack([f for _, f in batch]), prompt_set=prompt_set).cpu()
             for (video, _), p in zip(batch, probs):
                 top = p.topk(k)
                 out.append(VideoPrediction(video, [(self.classnames[i], float(v)) for v, i in
