@@ -229,6 +229,45 @@ def test_open_clip_hf_text_tower_of_another_layout_is_refused_with_the_reason():
     assert "BERT's layout (embeddings.word_embeddings and encoder.layer" in str(err.value)
 
 
+class _BertTokenizer(zoo_oc.XLMRTokenizer):
+    """BERT's layout: [CLS] (1), word pieces, [SEP] (2), then [PAD] (0)."""
+
+    bos_id, pad_id, eos_id = 1, 0, 2
+
+
+def test_open_clip_hf_text_tower_with_bert_layout_and_cls_pooling():
+    """BERT: absolute positions from 0 and its pooler's CLS output. The context initialised from a
+    phrase gives the host's own features of the written-out phrase; trained, it changes them."""
+    import transformers
+    from functools import partial
+    from unittest import mock
+
+    from open_clip.hf_model import HFTextEncoder
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=_BertTokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
+                                     pad_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with mock.patch.object(open_clip.model, "HFTextEncoder", partial(HFTextEncoder, config=config)):
+        host = open_clip.CustomTextCLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=16, layers=1,
+                                                                      head_width=8),
+                                        text_cfg=dict(hf_model_name="bert-base-uncased", hf_model_pretrained=False,
+                                                      hf_pooler_type="cls_pooler", hf_proj_type="linear")).eval()
+    host.requires_grad_(False)
+    tokenizer = _BertTokenizer()
+    with torch.no_grad():
+        expected = host.encode_text(tokenizer(["a video of a person archery."]))
+    cfg = pc.CouplingConfig(ctx_init="a video of a person", text_depth=1, n_vision_ctx=0, vision_depth=0)
+    wrapper = pc.CouplingPromptWrapper(host, cfg, tokenizer=tokenizer).eval()
+    assert wrapper.host.text.context_length == 32 and not wrapper.host.text.causal
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper.encode_text(["archery"]), expected, atol=1e-5, rtol=0)
+        wrapper.prompts.ctx.add_(torch.randn_like(wrapper.prompts.ctx))
+        assert (wrapper.encode_text(["archery"]) - expected).abs().max() > 1e-3
+    with torch.no_grad():
+        assert torch.equal(wrapper.unwrap().encode_text(tokenizer(["a video of a person archery."])), expected)
+
+
 def test_open_clip_hf_text_tower_wants_its_tokenizer():
     host = zoo_oc.build_hf_text(0)
     with pytest.raises(pc.errors.InvalidInputError, match=r"open_clip.get_tokenizer\('<model name>'\)"):
