@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import promptcouple as pc
@@ -174,7 +175,7 @@ def test_zero_shot_eval_is_the_frozen_clip(assets):
     with torch.no_grad(), model.prompts_disabled():  # the host's own computation, hooks idle
         video = host.encode_image(images.flatten(0, 1)).view(2, fx.FRAMES, -1).mean(1)
         text = host.encode_text(fx.tokenizer()(fx.BASE))
-        ref = host.logit_scale.exp() * nn.functional.normalize(video, dim=-1) @ nn.functional.normalize(text, dim=-1).t()
+        ref = host.logit_scale.exp() * F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t()
     with torch.no_grad():
         assert torch.allclose(model(images), ref, atol=1e-5)
 

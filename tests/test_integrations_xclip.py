@@ -45,7 +45,8 @@ def test_their_loop(assets, method, tmp_path):
     assert by_group["clip"] == set() and by_group["message_"] == set()
     assert by_group["mit"] == {n for n in trainable if n.startswith("model.mit.")}
     assert by_group["prompts"] == {n for n in trainable if n.startswith(("prompts.", "model.prompts_generator."))}
-    assert {n for n in trainable if n.startswith("prompts.")} == {"prompts." + n for n, _ in model.prompts.named_parameters()}
+    prompt_names = {"prompts." + n for n, _ in model.prompts.named_parameters()}
+    assert {n for n in trainable if n.startswith("prompts.")} == prompt_names
     assert all(g["lr"] == pytest.approx(10 * config.TRAIN.LR) for g in optimizer.param_groups[2:6])
     assert trainable == fx.trainable_names(model)  # FIX_TEXT froze none of them
 

@@ -123,8 +123,8 @@ def _anchor_dataset(settings: AnchorSettings, wrapper: CouplingPromptWrapper):
     from promptcouple.data import VideoListDataset
 
     size = (frame_format(wrapper.model)[1] or (224, 224))[0]
-    return VideoListDataset(settings.list, settings.labels, root=settings.root, train=True, num_frames=wrapper.num_frames,
-                            size=size)
+    return VideoListDataset(settings.list, settings.labels, root=settings.root, train=True,
+                            num_frames=wrapper.num_frames, size=size)
 
 
 def anchor_loss(model: nn.Module) -> torch.Tensor:

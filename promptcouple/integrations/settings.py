@@ -130,7 +130,8 @@ def load_settings(source: Union[None, str, os.PathLike, Mapping[str, Any], Integ
 
         path = Path(source)
         if not path.is_file():
-            raise MissingFileError(f"{name}: no settings file at {path}; create it (docs/INTEGRATIONS.md) or unset {ENV_VAR}")
+            raise MissingFileError(f"{name}: no settings file at {path}; create it (docs/INTEGRATIONS.md) "
+                                   f"or unset {ENV_VAR}")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")

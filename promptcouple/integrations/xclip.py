@@ -83,7 +83,7 @@ def wrap(model: nn.Module, class_names: Sequence[str], config: Optional[Coupling
     Args:
         model: X-CLIP as ``load`` returns it (before ``.cuda()``, ``amp.initialize`` and DDP).
         class_names: The class names in label order: ``[c for _, c in train_data.classes]``.
-        config: Prompt sizes; default the settings' ``prompts:``, else the paper's.
+        config: Prompt sizes (default: the paper's); the settings' ``prompts:`` entries override them.
         settings: GA2 settings (a YAML path, a dict); default ``$PROMPTCOUPLE_CONFIG``, or none.
         train_host: X-CLIP modules that train beside the prompts.
         check_texts: Refuse ``texts`` that are not the tokenized bound class names.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from loops.common import VIFI_DROPPED, Cfg, load_checkpoint  # noqa: F401 (re-exported for the tests)
+from loops.common import VIFI_DROPPED, Cfg, load_checkpoint
 
 
 def vifi_config(arch: str, num_frames: int, num_classes: int, *, n_ctx=4, text_depth=2, n_vision=4,
