@@ -37,6 +37,8 @@ def test_hosts_resolve_to_their_adapters():
 def test_xclip_without_prompts_equals_its_own_forward():
     """encode_video + specialize_text compose the host's modules exactly as its forward does."""
     host, reference = build_xclip(0), build_xclip(0).requires_grad_(False)
+    for name in ("mit", "prompts_generator"):  # the reference's flags as the wrapper sets the host's
+        reference.get_submodule(name).requires_grad_(True)
     wrapper = wrap(host, train_host=("mit", "prompts_generator")).eval()
     x = frames()
     ids = wrapper.tokenize(CLASSES)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FAMILIES = ["clip_layouts", "hf", "open_clip_custom", "videox"]
+FAMILIES = ["clip_layouts", "hf", "open_clip_custom", "videox", "stochastic"]
 
 
 @dataclass
