@@ -47,7 +47,7 @@ def small_config(**eval_kw):
 
 def check_agreement(predictor, clips, path):
     frames = torch.stack([predictor.load(c) for c in clips])
-    expected = predictor.probabilities(frames).cpu()
+    expected = predictor.probabilities(frames).cpu()  # after the export: it must leave the model as it was
     runtime = OnnxClassifier(path, threads=1)
     got = runtime.probabilities(frames)
     assert got.shape == expected.shape == (len(clips), len(predictor.classnames))
@@ -76,7 +76,8 @@ def test_open_clip_prompt_file_through_the_command(tmp_path, clips, capsys):
 
 
 def test_openai_layout_host(tmp_path, clips, tokenizer):
-    wrapper = perturbed(pc.CouplingPromptWrapper(make_host("openai"), pc.CouplingConfig(**SMALL), tokenizer=tokenizer))
+    wrapper = perturbed(pc.CouplingPromptWrapper(make_host("openai"), pc.CouplingConfig(**SMALL), tokenizer=tokenizer,
+                                                 hard_prompts=torch.randn(4, 32)))  # coupled: dropout in training
     predictor = Predictor.from_wrapper(wrapper, CLASSES, config=small_config(reduce="logits"))
     check_agreement(predictor, clips, export_onnx(predictor, tmp_path / "openai.onnx"))
 
@@ -88,3 +89,16 @@ def test_hugging_face_clip_host(tmp_path, clips):
     wrapper = perturbed(pc.CouplingPromptWrapper(_clip(0), pc.CouplingConfig(**SMALL), tokenizer=_clip_tokenizer()))
     predictor = Predictor.from_wrapper(wrapper, CLASSES, config=small_config())
     check_agreement(predictor, clips, export_onnx(predictor, tmp_path / "hf.onnx"))
+
+
+def test_benchmark_smoke(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from bench_export import main
+
+    record = main(["--quick", "--reps", "2", "--frames", "2", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["frames_shape"] == [1, 1, 2, 3, 32, 32]
+    assert record["max_probability_difference"] < 1e-4  # both sides score the same frames alike
+    assert record["onnxruntime_clips_per_s"] > 0 and record["pytorch_clips_per_s"] > 0
