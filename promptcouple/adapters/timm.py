@@ -75,7 +75,7 @@ def is_rotary(trunk: nn.Module) -> bool:
 
 
 def timm_vision_site(trunk: nn.Module) -> VisionSite:
-    """Prompt sites of a timm ``VisionTransformer`` or ``Eva`` trunk (see the module docstring).
+    """Prompt sites of a timm ``VisionTransformer``, ``Eva`` or ``Beit`` trunk (see the module docstring).
 
     The blocks are pre-hooked one by one, which also covers ``checkpoint_seq`` (it calls them in turn).
     """
@@ -129,7 +129,7 @@ class BeitBiasPadding:
 
     def install(self) -> None:
         for attn in self.attentions:
-            self.handles.append(attn.register_forward_pre_hook(self._record))
+            self.handles.append(attn.register_forward_pre_hook(self._record, with_kwargs=True))
             attn._get_rel_pos_bias = partial(self._padded, attn)
 
     def remove(self) -> None:
@@ -139,8 +139,9 @@ class BeitBiasPadding:
         for attn in self.attentions:
             attn.__dict__.pop("_get_rel_pos_bias", None)
 
-    def _record(self, module: nn.Module, args: tuple) -> None:
-        self.tokens = args[0].shape[1]
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("x")
+        self.tokens = x.shape[1] if torch.is_tensor(x) else None
 
     def _padded(self, attn: nn.Module) -> torch.Tensor:
         bias = type(attn)._get_rel_pos_bias(attn)  # (1, heads, L, L)
