@@ -67,12 +67,15 @@ class ViFiCLIPPrompted(BoundPromptWrapper):
     def __init__(self, *args: Any, zero_shot: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.zero_shot = zero_shot
+        self._zero_shot_text: dict = {}  # the frozen tower's class features, by device: computed once
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.zero_shot:
             return self.bound_logits(images)
         # ZS_EVAL: the frozen CLIP on the bare class names, as ViFi-CLIP's zero-shot evaluation.
-        text = self.encode_frozen_text(self.class_names)
+        text = self._zero_shot_text.get(self.device)
+        if text is None:
+            text = self._zero_shot_text[self.device] = self.encode_frozen_text(self.class_names)
         with self.prompts_disabled():
             video, context = self.encode_video(images, return_tokens=True)
         return self.logits(video, text, context)

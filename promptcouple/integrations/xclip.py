@@ -53,6 +53,8 @@ class XCLIPPrompted(BoundPromptWrapper):
             return
         if self._bare_ids is None:  # their generate_text: clip.tokenize of each bare class name
             self._bare_ids = self.tokenizer(list(self.class_names))
+        if torch.is_tensor(texts) and self._bare_ids.device != texts.device:
+            self._bare_ids = self._bare_ids.to(texts.device)
         expected = self._bare_ids
         if not torch.is_tensor(texts) or texts.ndim != 2 or texts.shape[0] != expected.shape[0]:
             shape = tuple(texts.shape) if torch.is_tensor(texts) else type(texts).__name__
@@ -61,7 +63,7 @@ class XCLIPPrompted(BoundPromptWrapper):
                 f"X-CLIP's generate_text of exactly those, ({expected.shape[0]}, {expected.shape[1]}); for other "
                 "classes wrap again with their names (xclip.wrap(model, class_names))")
         width = min(texts.shape[1], expected.shape[1])
-        same = (texts[:, :width].to(expected.device) == expected[:, :width]).all(dim=1)
+        same = (texts[:, :width] == expected[:, :width]).all(dim=1)
         if not bool(same.all()):
             row = int((~same).nonzero()[0])
             raise InvalidInputError(

@@ -21,13 +21,17 @@ from promptcouple.integrations import vificlip, xclip  # noqa: E402
 
 
 def build(codebase, method, assets, accumulation):
-    torch.manual_seed(0)  # the same initial prompts on every rank, as their seeded start gives
+    # Their main.py seeds SEED + rank: the ranks build different initial prompts, and DDP's
+    # construction broadcasts rank 0's.
+    torch.manual_seed(1024 + dist.get_rank())
     settings = fx.settings(method, assets)
     if codebase == "vificlip":
         config = vificlip_loop.vifi_config(fx.ARCH, fx.FRAMES, 6, accumulation=accumulation)
         return config, vificlip.returnCLIP(config, None, fx.BASE, settings=settings), vificlip_loop
     config = xclip_loop.xclip_config(fx.FRAMES, 6, accumulation=accumulation)
-    model = xclip.wrap(fx.tiny_xclip(0), fx.BASE, pc.CouplingConfig(**fx.PROMPTS), settings=settings)
+    host = fx.tiny_xclip(0)  # X-CLIP's pretrained weights: the same on every rank
+    torch.manual_seed(1024 + dist.get_rank())
+    model = xclip.wrap(host, fx.BASE, pc.CouplingConfig(**fx.PROMPTS), settings=settings)
     return config, model, xclip_loop
 
 
