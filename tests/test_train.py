@@ -130,7 +130,11 @@ def test_train_writes_outputs_and_makes_progress(data, tmp_path):
     # the prompt file reproduces the reported accuracy (evaluate builds the model from the config)
     ds = ClipTensorDataset(data / "val.safetensors", train=False)
     again = evaluate(cfg, ds, CLASSES, prompts=out / "prompts.safetensors", batch_size=3)
-    assert again == results["eval"]["val"]
+    val = dict(results["eval"]["val"])
+    correct = val.pop("correct")  # evaluate_sets, the one scorer, also keeps each clip's top-1 correctness
+    assert again == val
+    assert len(correct) == val["num_clips"] and set(correct) <= {"0", "1"}
+    assert 100.0 * correct.count("1") / len(correct) == pytest.approx(val["top1"])
 
 
 def test_lr_schedule_warmup_then_cosine(data, tmp_path):

@@ -2,10 +2,10 @@
 
 Every trained number comes from :class:`promptcouple.train.Trainer`; the zero-shot row is
 :class:`promptcouple.world.model.ZeroShotClassifier`, scored by the same evaluation as the
-trained prompts. Both are scored by :func:`score_sets`, which keeps each test clip's top-1
-correctness (``"0110..."`` per evaluation set, in the set's order) so that intervals over clips
-can be recomputed from the JSON; the Trainer's evaluations, during training and the final one,
-go through it (:class:`ScoringTrainer`).
+trained prompts. Both are scored by :func:`promptcouple.train.evaluate_sets`, the one scorer of
+training, ``promptcouple eval`` and the benchmarks, which keeps each test clip's top-1 correctness
+(``"0110..."`` per evaluation set, in the set's order) so that intervals over clips can be
+recomputed from the JSON.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from promptcouple.constants import ZERO_SHOT_TEMPLATE
-from promptcouple.train import TrainConfig, Trainer, build_wrapper, hm, setup_distributed
-from promptcouple.train.data import Datasets, build_datasets
-from promptcouple.train.step import autocast
+from promptcouple.train import TrainConfig, Trainer, build_wrapper, evaluate_sets, setup_distributed
+from promptcouple.train.data import build_datasets
 from promptcouple.world.model import ZeroShotClassifier
 
 from .methods import METHODS, run_config
@@ -77,53 +76,6 @@ def _metrics(ev: dict, correct: bool = False) -> dict:
     return out
 
 
-@torch.no_grad()
-def score_sets(model: torch.nn.Module, datasets: Datasets, cfg: TrainConfig) -> dict:
-    """:func:`promptcouple.train.evaluate_sets` in one process, keeping each clip's correctness.
-
-    The same computation (views' softmax or logits averaged per clip, top-k of the scores): per
-    set ``{"top1", "top5", "num_clips", "num_classes", "correct": "0110..."}``, and ``hm``.
-    """
-    e = cfg.eval
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: dict[str, Any] = {}
-    try:
-        for name, ev in datasets.evals.items():
-            classnames = list(ev.classnames)
-            k = min(5, len(classnames))
-            top1, top5 = [], []
-            loader = torch.utils.data.DataLoader(ev.dataset, batch_size=e.batch_size, shuffle=False)
-            for frames, labels in loader:
-                frames = frames.to(device)
-                if frames.ndim == 5:
-                    frames = frames.unsqueeze(1)
-                b, v = frames.shape[:2]
-                with autocast(cfg.run.precision, device):
-                    logits = model(frames.flatten(0, 1), classnames)
-                logits = logits.float().view(b, v, -1)
-                scores = logits.softmax(-1).mean(1) if e.reduce == "softmax" else logits.mean(1)
-                top = scores.topk(k, dim=-1).indices.cpu()
-                top1 += (top[:, 0] == labels).tolist()
-                top5 += (top == labels[:, None]).any(1).tolist()
-            n = max(len(top1), 1)
-            out[name] = {"top1": 100.0 * sum(top1) / n, "top5": 100.0 * sum(top5) / n, "num_clips": len(top1),
-                         "num_classes": len(classnames), "correct": "".join("1" if c else "0" for c in top1)}
-    finally:
-        model.train(was_training)
-    if datasets.base_to_novel:
-        out["hm"] = hm(out["base"]["top1"], out["novel"]["top1"])
-    return out
-
-
-class ScoringTrainer(Trainer):
-    """The Trainer, with its evaluations scored by :func:`score_sets` (per-clip correctness kept)."""
-
-    def evaluate_all(self, report_dir=None) -> dict:
-        return score_sets(self.wrapper, self.datasets, self.cfg)  # the benchmarks write no reports
-
-
 def _config(spec: dict) -> TrainConfig:
     return TrainConfig.from_dict(spec["config"], base_dir=spec["base_dir"])
 
@@ -136,7 +88,7 @@ def _evaluate(cfg: TrainConfig, template: str, prompts: Optional[str] = None) ->
         model = build_wrapper(cfg, ctx.device, prompts=prompts)
     else:
         model = ZeroShotClassifier.from_wrapper(build_wrapper(cfg, ctx.device), template)
-    return score_sets(model, build_datasets(cfg, train=False), cfg)
+    return evaluate_sets(model, build_datasets(cfg, train=False), cfg)
 
 
 @contextlib.contextmanager
@@ -164,7 +116,7 @@ def run_job(job: Job) -> dict:
         prompts = None
         if job.trained:
             shutil.rmtree(cfg.run.output_dir, ignore_errors=True)  # our own run of a previous invocation
-            results = ScoringTrainer(cfg, reports=False).fit()
+            results = Trainer(cfg, reports=False).fit()  # the benchmarks write no reports
             prompts = results["prompts"]
             final = _metrics(results["eval"])
             curve = [{"epoch": h["epoch"], **_metrics(h["eval"])} for h in results["history"] if "eval" in h]

@@ -85,6 +85,11 @@ class Predictions:
         return {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "num_clips": n,
                 "num_classes": len(self.classnames)}
 
+    def correct(self) -> str:
+        """Each clip's top-1 correctness in clip order, ``"1"`` right, ``"0"`` wrong (``"0110..."``):
+        what paired intervals over clips are computed from (``benchmarks/stats.py``)."""
+        return "".join("1" if t[0] == y else "0" for y, t in zip(self.labels, self.top))
+
     def confusion(self) -> torch.Tensor:
         """``(K, K)`` counts: row = true class, column = predicted class."""
         k = len(self.classnames)
@@ -263,8 +268,12 @@ def evaluate_sets(wrapper: nn.Module, datasets: Datasets, cfg: TrainConfig, *,
                   ctx: Optional[DistContext] = None, report_dir: Optional[PathLike] = None) -> dict:
     """Evaluate on each of ``datasets.evals``; with base and novel sets also report HM of top-1.
 
-    ``report_dir``: also write each set's per-clip predictions, per-class accuracy and confusion
-    matrix there (:func:`write_report`; rank 0). The results are the same either way.
+    The one scorer of training (periodic and final evaluations), ``promptcouple eval`` and the
+    benchmarks. Per set: ``{"top1", "top5", "num_clips", "num_classes", "correct"}``, where
+    ``correct`` is each clip's top-1 correctness in the set's order (:meth:`Predictions.correct`),
+    the same on every rank; and ``hm`` for base-to-novel sets. ``report_dir``: also write each set's
+    per-clip predictions, per-class accuracy and confusion matrix there (:func:`write_report`; rank
+    0). The results are the same either way.
     """
     e = cfg.eval
     out = {}
@@ -272,7 +281,7 @@ def evaluate_sets(wrapper: nn.Module, datasets: Datasets, cfg: TrainConfig, *,
         pred = predict_clips(wrapper, ev.dataset, ev.classnames, batch_size=e.batch_size, reduce=e.reduce,
                              precision=cfg.run.precision, num_workers=cfg.data.num_workers,
                              progress=cfg.run.progress, ctx=ctx)
-        out[name] = pred.metrics()
+        out[name] = {**pred.metrics(), "correct": pred.correct()}
         if report_dir is not None and (ctx.is_main if ctx is not None else is_main_process()):
             write_report(pred, report_dir, name)
     if datasets.base_to_novel:

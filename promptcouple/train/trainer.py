@@ -13,6 +13,9 @@ Outputs in ``run.output_dir``: ``config.yaml`` (the resolved config, overrides i
 (one line per logged step, epoch and evaluation), ``results.json``, ``prompts.safetensors`` (final
 prompts, with the class names and backbone they were trained on) and ``eval/`` (per set: per-clip
 predictions, per-class accuracy, confusion matrix).
+
+Checkpointing and resuming are :class:`promptcouple.train.resume.ResumableRun`'s; the evaluations
+are :func:`promptcouple.train.evaluation.evaluate_sets` (also the benchmarks' scorer).
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import json
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -38,8 +40,6 @@ from promptcouple.fileio import PathLike, atomic_write_text
 from promptcouple.io import save_prompts
 from promptcouple.guards import GaussianPromptAverage, SelfRegularizer
 from promptcouple.text_consistency import TextConsistencyRegularizer
-from promptcouple.train.checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, load_checkpoint, rng_state,
-                                           set_rng_state)
 from promptcouple.train.config import (CHECKPOINT, LOG, PROMPTS, RESULTS, ConfigError, TrainConfig, check_files,
                                        load_config)
 from promptcouple.train.data import Datasets, build_datasets
@@ -47,6 +47,7 @@ from promptcouple.train.distributed import all_mean, setup_distributed, teardown
 from promptcouple.train.evaluation import evaluate_sets, format_eval, report_files
 from promptcouple.train.hosts import build_wrapper
 from promptcouple.train.lock import RunLock
+from promptcouple.train.resume import JsonlLog, ResumableRun
 from promptcouple.train.run_info import RUN_CONFIG, run_info, write_run_config
 from promptcouple.train.seeding import epoch_seed, seed_everything, seed_worker
 from promptcouple.train.step import TrainStep, autocast
@@ -54,15 +55,6 @@ from promptcouple.train.step import TrainStep, autocast
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"  # the final evaluation's per-set reports, inside run.output_dir
-
-# Config keys that may change between a run and its resumption without changing the result.
-_RESUME_FREE = {"run.output_dir", "run.progress", "run.log_every", "run.stop_after_epochs", "run.device",
-                "data.num_workers", "model.grad_checkpointing", "model.trust_checkpoint"}
-_RESUME_FREE_SECTIONS = ("eval.",)
-_PATH_KEYS = {"model.pretrained", "model.backbone_checkpoint", "prompts.hard_prompts", "data.train_list",
-              "data.labels", "data.val_list", "data.val_labels", "data.novel_list", "data.novel_labels",
-              "data.root", "anchors.list", "anchors.labels", "anchors.root"}
-
 
 def lr_lambda(warmup_steps: int, total_steps: int):
     """Linear warm-up to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps`` (per step)."""
@@ -74,61 +66,9 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return f
 
 
-class JsonlLog:
-    """Append-only JSON-lines log written by rank 0."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, **record: Any) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def truncate_after_epoch(self, epochs_done: int) -> list[dict]:
-        """Drop lines of epochs a resumed run repeats (they were lost with the interrupted epoch);
-        with ``epochs_done=0`` (no checkpoint yet) every line goes, the start record too, since the
-        run starts again. Returns the records kept (every rank reads; rank 0 rewrites)."""
-        if not self.path.exists():
-            return []
-        kept, records = [], []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the kill
-                continue
-            if epochs_done > 0 and record.get("epoch", 0) <= epochs_done:
-                kept.append(line)
-                records.append(record)
-        if self.enabled:
-            atomic_write_text(self.path, "".join(x + "\n" for x in kept))
-        return records
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "coupling":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _resume_differences(old: dict, new: dict) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in _RESUME_FREE or key.startswith(_RESUME_FREE_SECTIONS) or key in _PATH_KEYS:
-            continue
-        if a.get(key) != b.get(key):
-            diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
-
-
 # ---------------------------------------------------------------------------------- the trainer
 
-class Trainer:
+class Trainer(ResumableRun):
     """A training run; ``Trainer(config).fit()`` is :func:`train`.
 
     Everything that can be wrong with the config or the data raises :class:`ConfigError` here, in
@@ -304,45 +244,6 @@ class Trainer:
             lock.release()
         teardown_distributed(self.ctx)
 
-    def _resume_checkpoint(self, path: Path) -> dict:
-        """The checkpoint to resume from, refused if the config changed what it trains."""
-        ckpt = load_checkpoint(path, map_location="cpu")
-        diffs = _resume_differences(ckpt["config"], self.cfg.to_dict())
-        if diffs:
-            raise ConfigError(f"--resume: the config differs from the checkpoint's in what it trains: "
-                              f"{'; '.join(diffs)}; restore those values or start a new run.output_dir")
-        return ckpt
-
-    def _finished_results(self, ckpt: dict) -> Optional[dict]:
-        """The results of the run if it had finished (all epochs, results written), else ``None``."""
-        results_path = self.output_dir / RESULTS
-        if int(ckpt["epoch"]) < self.cfg.optim.epochs or not results_path.is_file():
-            return None
-        try:
-            results = json.loads(results_path.read_text())
-        except (OSError, ValueError):
-            return None  # a results file cut short: the final evaluation runs again and rewrites it
-        return results if isinstance(results, dict) and results.get("status") == "finished" else None
-
-    def _resume(self, path: Path, ckpt: dict) -> None:
-        if ckpt["world_size"] != self.ctx.world_size:
-            warnings.warn(f"resuming a run of {ckpt['world_size']} process(es) with {self.ctx.world_size}: "
-                          "the global batch and data order change, so the result will not match an "
-                          "uninterrupted run")
-        self.wrapper.prompts.load_state_dict(ckpt["prompts"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.prompt_average is not None and ckpt.get("prompt_average") is not None:
-            self.prompt_average.load_state_dict(ckpt["prompt_average"])
-        rng = ckpt["rng"][self.ctx.rank] if self.ctx.rank < len(ckpt["rng"]) else ckpt["rng"][0]
-        set_rng_state(rng, self.data_generator)
-        self.start_epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        kept = self.log.truncate_after_epoch(self.start_epoch)
-        self._history = [r for r in kept if r.get("kind") == "epoch"]
-        self._log(f"resumed from {path}: {self.start_epoch} epoch(s), {self.global_step} step(s) done")
-
     def _log(self, msg: str) -> None:
         if self.ctx.is_main:
             logger.info("%s", msg)
@@ -438,40 +339,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    def _save_checkpoint(self, epochs_done: int) -> None:
-        # Every rank's RNG state is kept (gathered to rank 0), so each rank resumes its own streams.
-        state = rng_state(self.data_generator)
-        states = [None] * self.ctx.world_size if self.ctx.distributed else [state]
-        if self.ctx.distributed:
-            dist.all_gather_object(states, state)
-        if self.ctx.is_main:
-            atomic_torch_save({
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "epoch": epochs_done, "global_step": self.global_step,
-                "prompts": {k: v.detach().cpu() for k, v in self.wrapper.prompts.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "prompt_average": self.prompt_average.state_dict() if self.prompt_average is not None else None,
-                "rng": states, "world_size": self.ctx.world_size, "config": self.cfg.to_dict(),
-            }, self.output_dir / CHECKPOINT)
-        if self.ctx.distributed:
-            dist.barrier()  # once per epoch: no rank runs ahead of the checkpoint it may resume from
-
-    def _trained_prompt_state(self) -> dict:
-        """The trainable prompt tensors (what Gaussian prompt aggregation averages)."""
-        return {n: p.detach() for n, p in self.wrapper.prompts.named_parameters() if p.requires_grad}
-
-    def _load_prompt_average(self) -> None:
-        average = self.prompt_average.average()
-        with torch.no_grad():
-            for name, p in self.wrapper.prompts.named_parameters():
-                if name in average:
-                    p.copy_(average[name].to(device=p.device, dtype=p.dtype))
-
     def evaluate_all(self, report_dir: Optional[Path] = None) -> dict:
         """Evaluate on every configured evaluation set (all ranks take part); ``report_dir``: also
-        write the per-clip reports there. Subclasses may score differently (the benchmarks keep
-        each clip's correctness); the periodic and the final evaluation both come here."""
+        write the per-clip reports there. The periodic and the final evaluation both come here."""
         return evaluate_sets(self.wrapper, self.datasets, self.cfg, ctx=self.ctx, report_dir=report_dir)
 
     def fit(self) -> dict:
