@@ -121,6 +121,8 @@ def test_their_host_checkpoint_loads(assets):
 
 
 def test_train_host_names_keep_one_keyword(assets):
+    frozen_host = xclip.wrap(fx.tiny_xclip(0), fx.BASE, pc.CouplingConfig(**fx.PROMPTS), settings={}, train_host=())
+    assert all(n.startswith("prompts.") for n, _ in frozen_host.named_trainable_parameters())
     with pytest.raises(InvalidInputError, match="exactly one of X-CLIP's optimizer keywords"):
         xclip.wrap(fx.tiny_xclip(0), fx.BASE, pc.CouplingConfig(**fx.PROMPTS), settings={},
                    train_host=("mit", "visual.ln_post"))  # no keyword: the base LR group
