@@ -9,6 +9,11 @@ adapter file and no module elsewhere has to change. The rule, checked on the syn
   (``"token_embedding.weight"``, ``"module.visual.VPT"``): checkpoint key names are layout knowledge;
 * docstrings and comments are prose and may mention the parts; so may plain-English words in
   messages ("transformer blocks"), which are not dotted paths.
+
+Two more rules keep the layout readable: no module over :data:`MAX_LINES` lines (one readable
+file per idea; ``models/xclip.py``, a port of the reference model, is the one exception), and no
+``print`` outside the command line's layer (``cli.py`` and ``commands/``): the library returns data
+and logs, so that an application decides what reaches its users.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "promptcouple"
 ALLOWED = ("adapters", "models")
+
+MAX_LINES = 500
+LONG_ALLOWED = {"promptcouple/models/xclip.py"}  # the X-CLIP port, kept close to the reference's layout
+CLI_LAYER = ("promptcouple/cli.py", "promptcouple/commands/")
+# wrapper.print_trainable_parameters prints its summary as peft's method of that name does.
+PRINTING_FUNCTIONS = {"print_trainable_parameters"}
 
 # Attribute names of CLIP-style hosts (OpenAI / open_clip layout, Hugging Face, timm, ViFi-CLIP).
 HOST_PARTS = {
@@ -113,3 +124,73 @@ def test_architecture_doc_names_only_paths_that_exist():
             stack.append((depth, entry))
     missing = sorted(p for p in named if not (root / p.rstrip("/")).exists())
     assert len(named) > 40 and not missing, f"docs/ARCHITECTURE.md names paths that do not exist: {missing}"
+
+
+# ----------------------------------------------------------------------- module size and printing
+
+def _modules(*folders: str) -> list[Path]:
+    root = PACKAGE.parent
+    return sorted(p for folder in folders for p in (root / folder).rglob("*.py"))
+
+
+def long_modules(paths: list[Path], limit: int = MAX_LINES) -> list[str]:
+    """``"path: N lines"`` of every module over ``limit`` lines, exceptions aside."""
+    root = PACKAGE.parent
+    out = []
+    for path in paths:
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        lines = len(path.read_text().splitlines())
+        if lines > limit and name not in LONG_ALLOWED:
+            out.append(f"{name}: {lines} lines")
+    return out
+
+
+def print_calls(path: Path) -> list[int]:
+    """Lines of ``print(...)`` calls in ``path``, except inside :data:`PRINTING_FUNCTIONS`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[int] = []
+
+    def visit(node: ast.AST, allowed: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            allowed = allowed or node.name in PRINTING_FUNCTIONS
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print" \
+                and not allowed:
+            found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, allowed)
+
+    visit(tree, False)
+    return sorted(found)
+
+
+def test_no_module_is_over_500_lines():
+    offenders = long_modules(_modules("promptcouple", "benchmarks"))
+    assert not offenders, (f"modules over {MAX_LINES} lines (split each along a seam a reader would name, "
+                           "re-exporting the names others import):\n  " + "\n  ".join(offenders))
+
+
+def test_only_the_command_line_prints():
+    offenders = []
+    for path in _modules("promptcouple"):
+        name = path.relative_to(PACKAGE.parent).as_posix()
+        if name.startswith(CLI_LAYER):
+            continue
+        offenders += [f"{name}:{line}" for line in print_calls(path)]
+    assert not offenders, ("print outside the command line (return the text, or log it; a command's body "
+                           "goes in promptcouple/commands/):\n  " + "\n  ".join(offenders))
+
+
+def test_the_size_and_print_rules_see_what_they_should(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""print(x) in a docstring is prose."""\n'
+                      "import logging\n"
+                      "print('a')\n"
+                      "def print_trainable_parameters(self):\n"
+                      "    print('as peft does')\n"
+                      "def report(x):\n"
+                      "    logging.info(x)\n"
+                      "    builtins_print = print\n"
+                      "    return [print(y) for y in x]\n")
+    assert print_calls(sample) == [3, 9]
+    assert long_modules([sample], limit=9) == [] and long_modules([sample], limit=8) == [f"{sample}: 9 lines"]
+
