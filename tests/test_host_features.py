@@ -63,6 +63,18 @@ def _manual_encoder_output(name: str, host, images, prompts) -> torch.Tensor:
 HF_NAMES = ["hf-clip", "hf-siglip", "hf-siglip2", "hf-xclip"]
 
 
+def _selects_hidden_states() -> bool:
+    """Whether this transformers takes ``output_hidden_states=[indices]`` (a 5.x addition)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers.utils.output_capturing")
+    if spec is None:
+        return False
+    import transformers.utils.output_capturing as capturing
+
+    return hasattr(capturing, "selected_hidden_states")
+
+
 @pytest.mark.parametrize("name", HF_NAMES)
 def test_vision_hidden_states_leave_out_the_prompt_tokens(name):
     case, host = _hf_host(name)
@@ -85,6 +97,11 @@ def test_vision_hidden_states_leave_out_the_prompt_tokens(name):
     assert (states[-1] - own[-1]).abs().max() > 1e-3  # the prompts did act
     for a, b in zip(disabled, own):  # prompts off: the host's own, same kernels
         assert torch.equal(a, b)
+    if _selects_hidden_states():  # a selection leaves None for the layers not asked for
+        with torch.no_grad():
+            chosen = host.vision_model(**inputs, output_hidden_states=[0, -1]).hidden_states
+        assert [h.shape for h in chosen if h is not None] == [own[0].shape, own[-1].shape]
+        torch.testing.assert_close(chosen[-1], states[-1], atol=0, rtol=0)
     host = wrapper.unwrap()
     with torch.no_grad():
         again = host.vision_model(**inputs, output_hidden_states=True).hidden_states

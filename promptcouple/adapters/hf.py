@@ -74,11 +74,15 @@ def _clip_bpe(model: nn.Module, family: str, context_length: int) -> Any:
 
 
 def _cut_states(states: Any, length: int) -> Any:
-    """A tuple of hidden states ``(N, L', D)`` cut to their first ``length`` tokens; anything else as it is."""
-    if (isinstance(states, tuple) and states and all(torch.is_tensor(h) and h.ndim == 3 for h in states)
-            and all(h.shape[1] >= length for h in states)):
-        return tuple(h[:, :length] for h in states)
-    return states
+    """A tuple of hidden states ``(N, L', D)`` cut to their first ``length`` tokens; anything else as it is.
+
+    Entries may be ``None``: transformers 5 leaves out the layers ``output_hidden_states=[i, ...]`` did not select.
+    """
+    if not (isinstance(states, tuple) and any(torch.is_tensor(h) for h in states)):
+        return states
+    if not all(h is None or (torch.is_tensor(h) and h.ndim == 3 and h.shape[1] >= length) for h in states):
+        return states
+    return tuple(None if h is None else h[:, :length] for h in states)
 
 
 class _HFDualTower(HostAdapter):
@@ -144,17 +148,20 @@ class _CausalCLIPText(_HFDualTower):
 
     causal = True
 
-    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        """Exact features from ``ids[:, :L]``, ``L`` = last pooled position + 1.
+    def encode_text_short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Exact features from ``ids[:, :L]``, ``L`` = last pooled position + 1 (``length`` where
+        the caller knows it from tokenization).
 
         The tower is causal and takes shorter ids natively (mask and position ids follow the
         length), so nothing after the pooled token can change it. It pools the highest id when its
         ``eos_token_id`` is the legacy 2 (or absent: X-CLIP before transformers 5), the first
         ``eos_token_id`` otherwise, as the host does.
         """
-        eos = getattr(self.model.text_model, "eos_token_id", 2)
-        pos = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
-        return self.encode_text(ids[:, :int(pos.max()) + 1])
+        if length is None:
+            eos = getattr(self.model.text_model, "eos_token_id", 2)
+            pos = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
+            length = int(pos.max()) + 1
+        return self.encode_text(ids[:, :length])
 
     def default_tokenizer(self) -> Any:
         return _clip_bpe(self.model, self.family, self.text.context_length)
