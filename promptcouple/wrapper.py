@@ -20,7 +20,7 @@ import json
 import os
 import warnings
 from functools import partial
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -268,11 +268,11 @@ class CouplingPromptWrapper(nn.Module):
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
-        return self._tokenized(classnames)[0]
+        return self._tokenized(classnames).ids
 
-    def _tokenized(self, classnames: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _tokenized(self, classnames: Sequence[str]) -> "ClassTokens":
         """The class prompts' token ids and, for the short text path, their rows grouped by length
-        (:func:`length_groups`), both cached per class set."""
+        (:func:`length_groups`) with each group's cut length, all cached per class set."""
         key = check_classnames(classnames)
         hit = self._ids_cache.get(key)
         if hit is None:
@@ -287,7 +287,7 @@ class CouplingPromptWrapper(nn.Module):
                         f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
                         f"more than the context length {limit}; shorten the name or use a smaller n_ctx")
                 lengths.append(length)
-            hit = self._ids_cache[key] = (self.tokenizer(texts), length_groups(lengths))
+            hit = self._ids_cache[key] = ClassTokens.build(self.tokenizer(texts), lengths)
         return hit
 
     def _prompt_version(self) -> tuple:
@@ -300,22 +300,22 @@ class CouplingPromptWrapper(nn.Module):
         # Assigning ``p.data = ...`` bypasses the counters: call clear_cache() after doing that.
         return sum(p._version for p in self.model.parameters())
 
-    def _host_text(self, ids: torch.Tensor, groups: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    def _host_text(self, tokens: "ClassTokens") -> torch.Tensor:
+        ids = tokens.ids.to(self.host.parameter.device)
         if not (self.short_text and self.host.text.causal):
             return self.host.encode_text(ids)
-        if len(groups) <= 1:
-            short = self.host.encode_text_short(ids)
+        if len(tokens.groups) <= 1:
+            short = self.host.encode_text_short(ids, tokens.groups[0][1])
             return short if short is not None else self.host.encode_text(ids)
         # Rows are independent, so each length group runs only as far as its own longest prompt
         # (the adapter cuts each group exactly); the rows are put back in order afterwards.
         parts = []
-        for rows in groups:
-            part = self.host.encode_text_short(ids[rows.to(ids.device)])
+        for rows, length in tokens.groups:
+            part = self.host.encode_text_short(ids[rows.to(ids.device)], length)
             if part is None:  # this host has no exact short path
                 return self.host.encode_text(ids)
             parts.append(part)
-        order = torch.cat(list(groups)).argsort().to(ids.device)
-        return torch.cat(parts)[order]
+        return torch.cat(parts)[tokens.order.to(ids.device)]
 
     def encode_text(self, classnames: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Prompted class features ``(K, D)``.
@@ -337,8 +337,7 @@ class CouplingPromptWrapper(nn.Module):
             hit = self._feature_cache.get(key)
             if hit is not None:
                 return F.normalize(hit, dim=-1) if normalize else hit
-        ids, groups = self._tokenized(classnames)
-        features = self._host_text(ids.to(self.host.parameter.device), groups)
+        features = self._host_text(self._tokenized(classnames))
         if cacheable:
             self._feature_cache.clear()  # one class set at a time: bounded memory
             self._feature_cache[key] = features
@@ -538,6 +537,29 @@ class CouplingPromptWrapper(nn.Module):
         return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
                 f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+
+
+class ClassTokens(NamedTuple):
+    """A class set's token ids ``(K, context_length)``, its length groups as ``(rows, length)``
+    (``length``: the group's cut, known here so that no text pass measures it on the device;
+    ``None`` where the tokenizer's count cannot be trusted, and the adapter measures) and the
+    order that puts the groups' rows back."""
+
+    ids: torch.Tensor
+    groups: tuple[tuple[torch.Tensor, Optional[int]], ...]
+    order: torch.Tensor
+
+    @classmethod
+    def build(cls, ids: torch.Tensor, lengths: list[int]) -> "ClassTokens":
+        # The count is trusted only where every position after it is padding (the value the row
+        # ends with): then the end-of-text token, which causal hosts pool at, lies inside the cut.
+        cut = torch.as_tensor(lengths).unsqueeze(1)
+        after = torch.arange(ids.shape[1]).unsqueeze(0) >= cut
+        trusted = bool(((ids == ids[:, -1:]) | ~after).all())
+        groups = length_groups(lengths)
+        order = torch.cat(groups).argsort()
+        return cls(ids, tuple((rows, max(lengths[i] for i in rows.tolist()) if trusted else None)
+                              for rows in groups), order)
 
 
 # A text pass has a fixed cost besides its tokens (the kernels of every block, run once more),

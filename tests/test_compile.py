@@ -35,3 +35,21 @@ def test_compiled_wrapper_matches_eager(host_name, tokenizer):
         torch.testing.assert_close(out, eager, atol=1e-6, rtol=0)
         for g, e in zip(grads, eager_grads):
             torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one-group", "length-groups"])
+def test_short_text_path_has_no_graph_break(many, tokenizer):
+    """The cut length comes from tokenization (cached with the ids), not from the ids on the
+    device: the short text path traces as one graph, with no host sync."""
+    torch._dynamo.reset()
+    cfg = pc.CouplingConfig(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3, dropout=0.0)
+    wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), cfg, hard_prompts=torch.randn(4, 32),
+                                       tokenizer=tokenizer).train()
+    names = [f"class {i}" + " jump" * (i % 8) for i in range(120)] if many else CLASSES
+    assert (len(wrapper._tokenized(names).groups) > 1) == many
+    explanation = torch._dynamo.explain(wrapper.encode_text)(names)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(wrapper.encode_text, backend="aot_eager", fullgraph=True)  # fails on any break
+    torch.testing.assert_close(compiled(names), wrapper.encode_text(names), atol=1e-6, rtol=0)

@@ -194,6 +194,12 @@ def test_short_text_equals_full_text(case):
     wrapper = wrap(case, host, "coupled").eval()
     perturb(wrapper)
     names = CLASSES + ["a much longer class name with many words in it"]
+    # The cut comes from the tokenizer's count at tokenization time; it must be the host's own
+    # end-of-text position + 1 (every causal zoo host pools CLIP's EOT, the largest id, or the
+    # first eos of that id), measured here on the ids as the host does.
+    tokens = wrapper._tokenized(names)
+    for rows, length in tokens.groups:
+        assert length == int(tokens.ids[rows].argmax(-1).max()) + 1
     with torch.no_grad():
         short = wrapper.encode_text(names)
         wrapper.short_text = False
@@ -209,8 +215,11 @@ def test_length_grouped_text_equals_full_text(case):
     wrapper = wrap(case, host, "coupled").train()
     perturb(wrapper)
     names = [f"class {i}" + " jump" * (i % 8) for i in range(120)]
-    _, groups = wrapper._tokenized(names)
-    assert len(groups) > 1 and sorted(torch.cat(groups).tolist()) == list(range(len(names)))
+    tokens = wrapper._tokenized(names)
+    rows = [r for r, _ in tokens.groups]
+    assert len(rows) > 1 and sorted(torch.cat(rows).tolist()) == list(range(len(names)))
+    for r, length in tokens.groups:  # each group's cut: its longest prompt's end-of-text position + 1
+        assert length == int(tokens.ids[r].argmax(-1).max()) + 1
 
     def run(short: bool):
         wrapper.short_text = short

@@ -113,8 +113,12 @@ class HostAdapter:
         """Text features ``(N, D)`` of token ids ``(N, context_length)``, through the host's own path."""
         return first_tensor(self.model.encode_text(ids))
 
-    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        """The same features from a shorter run (``ids[:, :L]``), or ``None`` where that is not exact."""
+    def encode_text_short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        """The same features from a shorter run (``ids[:, :length]``), or ``None`` where that is not exact.
+
+        ``length``: the last end-of-text position + 1, known at tokenization time (the wrapper caches
+        it with the ids), so that no text pass waits on the device to measure it; ``None``: measure it.
+        """
         return None
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

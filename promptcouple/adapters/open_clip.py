@@ -82,8 +82,9 @@ class TextTowerPath:
                         width=o.token_embedding.weight.shape[1], context_length=int(length),
                         causal=o.attn_mask is not None)
 
-    def short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        """Exact text features from ``ids[:, :L]``, ``L`` = last pooled position + 1.
+    def short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Exact text features from ``ids[:, :L]``, ``L`` = last pooled position + 1 (``length``
+        where the caller knows it from tokenization; measured here otherwise, a device sync).
 
         The tower is causal, so the pooled EOT/EOS position only sees tokens up to itself: cutting
         the sequence after it, with the mask and positional embedding cut alike, is exact.
@@ -93,8 +94,9 @@ class TextTowerPath:
         o = self.owner
         if self.pool not in ("argmax", "eos") or o.attn_mask is None or getattr(o, "cls_emb", None) is not None:
             return None
-        pos = ids.argmax(dim=-1) if self.pool == "argmax" else (ids == self.eos_id).int().argmax(dim=-1)
-        length = int(pos.max()) + 1
+        if length is None:
+            pos = ids.argmax(dim=-1) if self.pool == "argmax" else (ids == self.eos_id).int().argmax(dim=-1)
+            length = int(pos.max()) + 1
         ids = ids[:, :length]
         cast = o.transformer.get_cast_dtype()
         x = o.token_embedding(ids).to(cast) + o.positional_embedding[:length].to(cast)
@@ -124,8 +126,8 @@ class OpenClipAdapter(HostAdapter):
         self.vision = open_clip_vision_site(model.visual, self.family) if is_open_clip_vit(model.visual) else None
         self.vision_refusal = None if self.vision is not None else _refusal(model.visual, self.family)
 
-    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        return self._text.short(ids)
+    def encode_text_short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        return self._text.short(ids, length)
 
     def intermediates_owners(self) -> Sequence[nn.Module]:
         return (self.model, self.model.visual)

@@ -148,8 +148,8 @@ class OpenClipCustomAdapter(HostAdapter):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         return first_tensor(self.model.encode_text(ids, normalize=False))
 
-    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        return self._text.short(ids)
+    def encode_text_short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        return self._text.short(ids, length)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return first_tensor(self.model.encode_image(images, normalize=False))

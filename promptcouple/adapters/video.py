@@ -44,8 +44,8 @@ class ClipVideoModelAdapter(HostAdapter):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         return first_tensor(self.model.encode_text(ids)) if hasattr(self.model, "encode_text") else self.inner.encode_text(ids)
 
-    def encode_text_short(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
-        return self.inner.encode_text_short(ids)
+    def encode_text_short(self, ids: torch.Tensor, length: Optional[int] = None) -> Optional[torch.Tensor]:
+        return self.inner.encode_text_short(ids, length)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.inner.encode_image(images)
