@@ -25,8 +25,10 @@ COMMANDS = {
     "inspect": ("promptcouple.commands.inspect", "print the config, shapes, class names and backbone of a prompt file"),
     "convert": ("promptcouple.commands.convert", "convert a GA2-CLIP / ViFi-CLIP checkpoint into a prompt file"),
     "split": ("promptcouple.commands.split", "base/novel class splits and K-shot training lists"),
-    "export": ("promptcouple.export:cli_main", "export a prompt file and its classes as an ONNX video classifier"),
-    "demo": ("promptcouple.demo:cli_main", "a web page (Gradio) to try prompt files on a video"),
+    "push": ("promptcouple.commands.push", "upload a prompt file with a generated model card to the Hugging Face Hub"),
+    "merge": ("promptcouple.commands.merge", "fold a coupled prompt file's context into a plain prompt file"),
+    "export": ("promptcouple.commands.export", "export a prompt file and its classes as an ONNX video classifier"),
+    "demo": ("promptcouple.commands.demo", "a web page (Gradio) to try prompt files on a video"),
 }
 
 

@@ -11,7 +11,6 @@ them, the probabilities from ``Predictor.probabilities``), so they are the ones
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,8 +18,6 @@ from typing import Optional, Sequence
 import torch
 
 from promptcouple.errors import InvalidInputError
-
-logger = logging.getLogger(__name__)
 
 TOPK = 5
 
@@ -77,7 +74,7 @@ def build_demo(predictor, examples: Sequence[str] = (), *, video: Optional[str] 
                                 example_labels=[Path(e).name for e in examples])
             with gr.Column():
                 gallery = gr.Gallery(label="sampled frames (first view)", columns=max(1, c.data.num_frames),
-                                     height="auto")
+                                     rows=1, height=200)
                 with gr.Row():
                     labels = [gr.Label(num_top_classes=TOPK, label=name) for name in columns]
 
@@ -98,27 +95,3 @@ def example_videos(folder: Optional[str] = None, n: int = 4) -> list[str]:
     folder = Path(folder or tempfile.mkdtemp(prefix="promptcouple-demo-"))
     write_sliding_square_videos(folder, n)
     return [str(folder / f"clip{i}.mp4") for i in range(n)]
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """``promptcouple demo --prompts P [P2 ...]``: a page to try prompt files on a video."""
-    import argparse
-
-    from promptcouple.predict import Predictor
-
-    parser = argparse.ArgumentParser(prog="promptcouple demo", description=cli_main.__doc__)
-    parser.add_argument("--prompts", nargs="+", required=True,
-                        help="prompt files trained on one backbone (files, run folders or hf-hub:org/repo)")
-    parser.add_argument("--classes", default=None, help="initial class names: a label CSV, 'a,b,c' or a recorded set")
-    parser.add_argument("--config", default=None, help="YAML config naming the backbone, if the prompt file does not")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--examples", type=int, default=4, help="generated example clips (default 4; 0: none)")
-    parser.add_argument("--video", default=None, help="a video to show, classified, when the page opens")
-    args = parser.parse_args(argv)
-    predictor = Predictor(args.prompts, classes=args.classes, config=args.config, device=args.device)
-    page = build_demo(predictor, example_videos(n=args.examples) if args.examples else (), video=args.video)
-    logger.info("serving on http://%s:%d (Ctrl-C stops)", args.host, args.port)
-    page.launch(server_name=args.host, server_port=args.port, share=False)
-    return 0

@@ -284,27 +284,3 @@ def push_to_hub(source, repo_id: str, *, private: Optional[bool] = None, token: 
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
                                  commit_message=commit_message or "Upload prompts with promptcouple")
     return str(getattr(info, "commit_url", info))
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """``promptcouple push PROMPTS org/repo``: upload a prompt file with a generated model card."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="promptcouple push", description=cli_main.__doc__,
-                                     epilog="The token comes from HF_TOKEN or `hf auth login` unless --token is given.")
-    parser.add_argument("prompts", help="prompt file, or a folder holding prompts.safetensors (a run folder)")
-    parser.add_argument("repo_id", help="the Hub repository, org/name (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--token", default=None, help="a Hugging Face token (default: the logged-in one)")
-    parser.add_argument("--message", default=None, help="commit message")
-    parser.add_argument("--save-to", default=None, metavar="FOLDER",
-                        help="write prompts.safetensors and README.md to FOLDER instead of uploading")
-    args = parser.parse_args(argv)
-    if args.save_to is not None:
-        folder = save_pretrained(args.prompts, args.save_to, repo_id=args.repo_id)
-        print(f"{args.prompts} -> {folder} ({PROMPTS_NAME}, {CARD_NAME})")
-        return 0
-    url = push_to_hub(args.prompts, args.repo_id, private=args.private or None, token=args.token,
-                      commit_message=args.message)
-    print(f"{args.prompts} -> {url}")
-    return 0

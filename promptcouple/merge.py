@@ -13,7 +13,6 @@ peft's ``merge_and_unload``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -88,21 +87,3 @@ def merge_prompt_file(src: PathLike, dst: PathLike, *,
     pf = merge_prompts(read_prompt_file(path), source=str(src), hard_prompts=hard_prompts, sha256=sha256_of(path))
     save_prompt_file(pf, dst)
     return read_prompt_file(dst)
-
-
-def cli_main(argv: Optional[list[str]] = None) -> int:
-    """``promptcouple merge IN OUT``: compute a coupled prompt file's context once and store it plain."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="promptcouple merge", description=cli_main.__doc__,
-                                     epilog="The merged file loads into any wrapper of the same backbone without a "
-                                            "hard prompt and gives the same evaluation logits.")
-    parser.add_argument("src", metavar="IN", help="prompt file, a folder holding prompts.safetensors, or hf-hub:org/repo")
-    parser.add_argument("dst", metavar="OUT", help="the merged prompt file to write (.safetensors)")
-    parser.add_argument("--hard-prompt", default=None, help="the hard prompt, for a converted file that lacks it")
-    args = parser.parse_args(argv)
-    pf = merge_prompt_file(args.src, args.dst, hard_prompts=args.hard_prompt)
-    was = json.loads(pf.metadata["merged_from"])
-    print(f"{args.src} -> {Path(args.dst)}: {'coupled context merged' if was['coupled'] else 'already plain'}, "
-          f"{len(pf.tensors)} tensors, {pf.config}")
-    return 0
