@@ -672,10 +672,16 @@ def check_classnames(classnames: Any, *, distinct: bool = False) -> tuple[str, .
     Raises:
         InvalidInputError: A plain string (it would become one class per letter), an empty list,
             a name that is not a non-empty string, or (``distinct``) a name given twice.
+        InvalidTypeError: Anything but a list or tuple (``None``, a number, a dict, a tensor, ...).
     """
     if isinstance(classnames, str):
         raise InvalidInputError(f"classnames must be a list of class names, got the string {classnames!r}; "
                                 f"write [{classnames!r}] for one class")
+    if not isinstance(classnames, (list, tuple)):
+        # A dict would give its keys, a tensor its rows, None or a number a bare TypeError: say so instead.
+        shown = "None" if classnames is None else f"a {type(classnames).__name__}"
+        raise InvalidTypeError(f"classnames must be a list or tuple of class names, got {shown}; "
+                               "pass them as a list, e.g. model(frames, ['archery', 'bowling'])")
     names = tuple(classnames)
     if not names:
         raise InvalidInputError("classnames is empty; expected a non-empty list of class names")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import promptcouple as pc
+from promptcouple.errors import InvalidTypeError
 from hosts import HOSTS, make_host, manual_logits, manual_text
 
 CLASSES = ["archery", "riding a bike", "playing the violin"]
@@ -371,3 +372,14 @@ def test_hugging_face_checkpointing_still_recomputes_in_a_frozen_host():
     case.checkpointing(host, False)
     wrapper.encode_text(CLASSES).sum().backward()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("bad", [None, 3, {"archery": 0}, torch.tensor([1, 2]), iter(["archery"])],
+                         ids=["None", "int", "dict", "tensor", "iterator"])
+def test_classnames_that_are_not_a_list_get_a_typed_error(bad, tokenizer):
+    wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), pc.CouplingConfig(**SMALL), tokenizer=tokenizer)
+    with pytest.raises(InvalidTypeError, match="classnames must be a list or tuple of class names"):
+        wrapper(frames(), bad)
+    with pytest.raises(InvalidTypeError, match="classnames"):
+        wrapper.encode_text(bad)
+    assert wrapper.encode_text(("archery",)).shape == (1, 32)  # a tuple is a list of names too
