@@ -214,6 +214,14 @@ def test_refusals_and_settings(assets, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown keys"):
         vificlip.returnCLIP(vifi_config(fx.ARCH, fx.FRAMES, 6), None, fx.BASE)
     monkeypatch.delenv(ENV_VAR)
+    # Anchor labels that are also bound class names leak those classes into the anchors.
+    from promptcouple.data import write_label_csv
+    from promptcouple.errors import AnchorOverlapError
+
+    write_label_csv(tmp_path / "leaky.csv", ["archery", "waving"])
+    leaky = {"anchors": {"clips": str(assets["anchors"]), "labels": str(tmp_path / "leaky.csv")}}
+    with pytest.raises(AnchorOverlapError, match="archery"):
+        vificlip.returnCLIP(vifi_config(fx.ARCH, fx.FRAMES, 6), None, fx.BASE, settings=leaky)
     # Anchors configured but the loss line missing: said once, not silently ignored.
     _, model = build(assets, "ga2_anchors")
     model.train()
