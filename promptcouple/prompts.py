@@ -6,13 +6,18 @@ Everything trainable lives in one module, apart from the host, so the host's sta
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptcouple.config import CouplingConfig
+from promptcouple.errors import InvalidTypeError, PromptFileError
+from promptcouple.fileio import PathLike
+
+HardPrompts = Union[None, PathLike, torch.Tensor, "PromptFile"]  # noqa: F821 (io.PromptFile)
 
 
 def coupled_context(hard: torch.Tensor, soft: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -87,3 +92,27 @@ class PromptLearner(nn.Module):
         if not self.coupled:
             return self.ctx.detach().clone()
         return coupled_context(self.hard, self.ctx, self.coupling.weight, self.coupling.bias).detach().clone()
+
+
+def resolve_hard_prompts(hard: HardPrompts, shape: tuple[int, int]) -> Optional[torch.Tensor]:
+    """The hard prompt as a tensor of ``shape``, from a tensor, a prompt file or a PromptFile."""
+    if hard is None:
+        return None
+    from promptcouple.io import PromptFile, read_prompt_file
+
+    source = "hard_prompts"
+    if isinstance(hard, (str, os.PathLike)):
+        source, hard = str(hard), read_prompt_file(hard)
+    if isinstance(hard, PromptFile):
+        hard = hard.effective_context()
+    if not torch.is_tensor(hard):
+        raise InvalidTypeError(f"hard_prompts must be a tensor, a prompt file path or a PromptFile, "
+                               f"got {type(hard).__name__}")
+    from promptcouple.io import check_tensor_values
+
+    check_tensor_values("the hard prompt", hard, source)
+    if tuple(hard.shape) != tuple(shape):
+        raise PromptFileError(
+            f"{source}: hard prompt of shape {tuple(hard.shape)}, expected {tuple(shape)} (n_ctx, text width); "
+            "was it learned with another n_ctx or for another backbone?")
+    return hard.float()

@@ -1,15 +1,10 @@
 """CouplingPromptWrapper: coupled text context and deep prompts on a CLIP-style host, by hooks alone.
 
-The host is never forked or edited. Its adapter (``promptcouple.adapters``) names the sites; hooks
-registered once (and removed by ``unwrap``) replace a slice of the activations there:
-
-* text embedding output: the placeholder positions become the coupled text context;
-* text block ``i`` (pre-hook), ``1 <= i < text_depth``: the same positions become layer ``i``'s tokens;
-* vision insert site: ``n_vision_ctx`` tokens join the sequence (last, or after the prefix tokens);
-* vision block ``i`` (pre-hook), ``1 <= i < vision_depth``: those tokens are replaced;
-* vision strip site: the prompt tokens leave again, so any pooling works.
-
-Replacing a slice is idempotent, so gradient checkpointing may recompute a block in backward.
+The host is never forked or edited. Its adapter (``promptcouple.adapters``) names the sites; the
+hooks of :mod:`promptcouple.hooks`, registered once (and removed by ``unwrap``), replace a slice of
+the activations there. Class names become token ids in :mod:`promptcouple.classnames`; what wrapping
+changes on the host (``requires_grad``, training modes) is kept and given back by
+:mod:`promptcouple.host_state`.
 """
 
 from __future__ import annotations
@@ -17,30 +12,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import warnings
 from functools import partial
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptcouple.adapters import HostAdapter, UnsupportedHostError, resolve_host
-from promptcouple.adapters.base import cosine_logits, hidden_states, map_sequence
+from promptcouple.adapters.base import cosine_logits
 from promptcouple.adapters.capabilities import frame_format
+from promptcouple.classnames import ClassPrompts, ClassTokens, check_classnames, length_groups
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
-from promptcouple.constants import class_text
-from promptcouple.errors import InvalidInputError, InvalidTypeError, PromptFileError, RunError
+from promptcouple.errors import InvalidInputError, InvalidTypeError, RunError
 from promptcouple.fileio import PathLike
+from promptcouple.hooks import PromptHooks, refuse_intermediates
 from promptcouple.host_state import HostState
-from promptcouple.prompts import PromptLearner
+from promptcouple.prompts import HardPrompts, PromptLearner, resolve_hard_prompts
 from promptcouple.tokenize import PromptTokenizer
 
-HardPrompts = Union[None, PathLike, torch.Tensor, "PromptFile"]  # noqa: F821 (io.PromptFile)
+__all__ = ["CouplingPromptWrapper", "check_classnames", "length_groups"]
 
 
-class CouplingPromptWrapper(nn.Module):
+class CouplingPromptWrapper(PromptHooks, nn.Module):
     """Prompt-tune a frozen CLIP-style model: ``CouplingPromptWrapper(model, config, hard_prompts=...)``.
 
     Args:
@@ -81,16 +76,10 @@ class CouplingPromptWrapper(nn.Module):
         self.short_text = short_text
         self._active = True
         self._wrapped = True
-        self._ids_cache: dict[tuple, torch.Tensor] = {}
+        # The active prompt set: its tensors (``prompts``), its class prompts and token ids, and
+        # its class features cached for evaluation.
+        self.prompts, self._class_prompts = self._new_prompt_set(config, hard_prompts)
         self._feature_cache: dict[tuple, torch.Tensor] = {}
-
-        config, ctx_init = self._resolve_context(config)
-        self._check_depths(config)
-        self._ctx_start = self.tokenizer.prefix_start(self._prefix(config))
-        hard = _resolve_hard_prompts(hard_prompts, (config.n_ctx, host.text.width))
-        device = host.parameter.device
-        vision_width = host.vision.width if host.vision is not None else 0
-        self.prompts = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(device)
 
         # Freeze the host, remembering its flags and modes so that unwrap() restores them exactly.
         self.train_host = tuple(train_host)
@@ -100,7 +89,7 @@ class CouplingPromptWrapper(nn.Module):
         self._frame_format = frame_format(model)  # (channels, (H, W)) the image tower takes, None where unknown
         self._handles = self._register_hooks()
         for owner in host.intermediates_owners():  # they call blocks directly: the strip hook never fires
-            owner.forward_intermediates = partial(_refuse_intermediates, type(owner).__name__)
+            owner.forward_intermediates = partial(refuse_intermediates, type(owner).__name__)
         host.on_wrap()
 
     # ----------------------------------------------------------------------------------- set-up
@@ -123,9 +112,20 @@ class CouplingPromptWrapper(nn.Module):
     def device(self) -> torch.device:
         return self.host.parameter.device
 
-    @staticmethod
-    def _prefix(config: CouplingConfig) -> str:
-        return config.ctx_init.replace("_", " ") if config.ctx_init else " ".join(["X"] * config.n_ctx)
+    @property
+    def _ctx_start(self) -> int:
+        """Index of the first context token in the active set's token ids."""
+        return self._class_prompts.ctx_start
+
+    def _new_prompt_set(self, config: CouplingConfig, hard_prompts: HardPrompts) -> tuple[PromptLearner, ClassPrompts]:
+        """A prompt set's tensors and class prompts for ``config``, checked against the host."""
+        host = self.host
+        config, ctx_init = self._resolve_context(config)
+        self._check_depths(config)
+        hard = resolve_hard_prompts(hard_prompts, (config.n_ctx, host.text.width))
+        vision_width = host.vision.width if host.vision is not None else 0
+        learner = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(host.parameter.device)
+        return learner, ClassPrompts(self.tokenizer, learner.config, host.text.context_length)
 
     def _resolve_context(self, config: CouplingConfig) -> tuple[CouplingConfig, Optional[torch.Tensor]]:
         if config.ctx_init is None:
@@ -153,102 +153,6 @@ class CouplingPromptWrapper(nn.Module):
             raise InvalidInputError(f"n_ctx={config.n_ctx} leaves no room for a class name "
                              f"in a context of {text.context_length} tokens")
 
-    def _register_hooks(self) -> list:
-        text, vision, cfg = self.host.text, self.host.vision, self.config
-        handles = [text.embedding.register_forward_hook(self._text_context_hook)]
-        for layer in range(1, cfg.text_depth):
-            hook = partial(self._text_deep_hook, layer)
-            handles.append(text.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
-        if cfg.has_vision_prompts:
-            if vision.insert_on == "input":
-                handles.append(vision.insert.register_forward_pre_hook(self._vision_insert_pre_hook, with_kwargs=True))
-            else:
-                handles.append(vision.insert.register_forward_hook(self._vision_insert_post_hook))
-            adjust = self.host.needs_block_adjustment
-            for layer in range(0 if adjust else 1, len(vision.blocks) if adjust else cfg.vision_depth):
-                hook = partial(self._vision_deep_hook, layer)
-                handles.append(vision.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
-            if vision.strip_on == "input":
-                handles.append(vision.strip.register_forward_pre_hook(self._vision_strip_pre_hook, with_kwargs=True))
-            else:
-                handles.append(vision.strip.register_forward_hook(self._vision_strip_post_hook))
-        return handles
-
-    # ------------------------------------------------------------------------------------ hooks
-    # Each hook replaces a slice and returns a new tensor (never in place), so that a block that
-    # gradient checkpointing recomputes sees exactly the same input again.
-
-    def _text_context_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
-        if not self._active:
-            return None
-        s, n = self._ctx_start, self.config.n_ctx
-        ctx = self.prompts.text_context(out.shape[0]).to(out.dtype)
-        return torch.cat([out[:, :s], ctx, out[:, s + n:]], dim=1)
-
-    def _text_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
-            return None
-        x, rebuild = hidden_states(args, kwargs)
-        s, n = self._ctx_start, self.config.n_ctx
-        p = self.prompts.text_deep[layer - 1].to(x.dtype)
-        return rebuild(_replace_positions(x, s, s + n, p, self.host.text.seq_first))
-
-    def _vision_slice(self, length: int) -> tuple[int, int]:
-        """Where the vision prompt tokens sit in a sequence of ``length`` tokens (prompts included)."""
-        n, offset = self.config.n_vision_ctx, self.host.vision.offset
-        return (length - n, length) if offset is None else (offset, offset + n)
-
-    def _insert(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.prompts.vision_ctx.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        offset = self.host.vision.offset
-        if offset is None:
-            return torch.cat([x, p], dim=1)
-        return torch.cat([x[:, :offset], p, x[:, offset:]], dim=1)
-
-    def _vision_insert_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
-            return None
-        x, rebuild = hidden_states(args, kwargs)
-        return rebuild(self._insert(x))
-
-    def _vision_insert_post_hook(self, module: nn.Module, args: tuple, out: Any):
-        if not self._active:
-            return None
-        return map_sequence(out, self._insert)
-
-    def _vision_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
-            return None
-        n = self.config.n_vision_ctx
-        if self.host.needs_block_adjustment:
-            args, kwargs = self.host.adjust_block(args, kwargs, n)
-        if not 1 <= layer < self.config.vision_depth:
-            return args, kwargs
-        x, rebuild = hidden_states(args, kwargs)
-        seq_first = self.host.vision.seq_first
-        a, b = self._vision_slice(x.shape[0 if seq_first else 1])
-        p = self.prompts.vision_deep[layer - 1].to(x.dtype)
-        return rebuild(_replace_positions(x, a, b, p, seq_first))
-
-    def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        seq_first = self.host.vision.strip_seq_first
-        length = x.shape[0 if seq_first else 1]
-        a, b = self._vision_slice(length)
-        if b == length:  # prompts last: a view, no copy
-            return x[:a] if seq_first else x[:, :a]
-        return torch.cat([x[:a], x[b:]], dim=0) if seq_first else torch.cat([x[:, :a], x[:, b:]], dim=1)
-
-    def _vision_strip_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
-            return None
-        x, rebuild = hidden_states(args, kwargs)
-        return rebuild(self._strip(x))
-
-    def _vision_strip_post_hook(self, module: nn.Module, args: tuple, out: Any):
-        if not self._active:
-            return None
-        return map_sequence(out, self._strip)
-
     # ---------------------------------------------------------------------------------- towers
 
     @contextlib.contextmanager
@@ -263,32 +167,15 @@ class CouplingPromptWrapper(nn.Module):
 
     def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
         """The text each class is tokenized from: placeholders (or ``ctx_init``) then the name."""
-        prefix = self._prefix(self.config)
-        return [f"{prefix} {class_text(name)}." for name in classnames]
+        return self._class_prompts.texts(classnames)
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
         return self._tokenized(classnames).ids
 
-    def _tokenized(self, classnames: Sequence[str]) -> "ClassTokens":
-        """The class prompts' token ids and, for the short text path, their rows grouped by length
-        (:func:`length_groups`) with each group's cut length, all cached per class set."""
-        key = check_classnames(classnames)
-        hit = self._ids_cache.get(key)
-        if hit is None:
-            texts = self.prompt_texts(key)
-            limit = self.host.text.context_length
-            specials = self._ctx_start + 1  # start token(s) before the prompt, end token after it
-            lengths = []
-            for name, text in zip(key, texts):
-                length = specials + self.tokenizer.count(text)
-                if length > limit:
-                    raise InvalidInputError(
-                        f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
-                        f"more than the context length {limit}; shorten the name or use a smaller n_ctx")
-                lengths.append(length)
-            hit = self._ids_cache[key] = ClassTokens.build(self.tokenizer(texts), lengths)
-        return hit
+    def _tokenized(self, classnames: Sequence[str]) -> ClassTokens:
+        """The class prompts' token ids and length groups under the active set (cached)."""
+        return self._class_prompts.tokens(classnames)
 
     def _prompt_version(self) -> tuple:
         # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
@@ -300,7 +187,7 @@ class CouplingPromptWrapper(nn.Module):
         # Assigning ``p.data = ...`` bypasses the counters: call clear_cache() after doing that.
         return sum(p._version for p in self.model.parameters())
 
-    def _host_text(self, tokens: "ClassTokens") -> torch.Tensor:
+    def _host_text(self, tokens: ClassTokens) -> torch.Tensor:
         ids = tokens.ids.to(self.host.parameter.device)
         if not (self.short_text and self.host.text.causal):
             return self.host.encode_text(ids)
@@ -539,82 +426,10 @@ class CouplingPromptWrapper(nn.Module):
                 f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
 
 
-class ClassTokens(NamedTuple):
-    """A class set's token ids ``(K, context_length)``, its length groups as ``(rows, length)``
-    (``length``: the group's cut, known here so that no text pass measures it on the device;
-    ``None`` where the tokenizer's count cannot be trusted, and the adapter measures) and the
-    order that puts the groups' rows back."""
-
-    ids: torch.Tensor
-    groups: tuple[tuple[torch.Tensor, Optional[int]], ...]
-    order: torch.Tensor
-
-    @classmethod
-    def build(cls, ids: torch.Tensor, lengths: list[int]) -> "ClassTokens":
-        # The count is trusted only where every position after it is padding (the value the row
-        # ends with): then the end-of-text token, which causal hosts pool at, lies inside the cut.
-        cut = torch.as_tensor(lengths).unsqueeze(1)
-        after = torch.arange(ids.shape[1]).unsqueeze(0) >= cut
-        trusted = bool(((ids == ids[:, -1:]) | ~after).all())
-        groups = length_groups(lengths)
-        order = torch.cat(groups).argsort()
-        return cls(ids, tuple((rows, max(lengths[i] for i in rows.tolist()) if trusted else None)
-                              for rows in groups), order)
 
 
-# A text pass has a fixed cost besides its tokens (the kernels of every block, run once more),
-# counted here as this many token positions; it decides when a length group is worth a pass.
-_PASS_COST = 96
-_MAX_GROUPS = 4
 
 
-def length_groups(lengths: Sequence[int], pass_cost: int = _PASS_COST,
-                  max_groups: int = _MAX_GROUPS) -> list[torch.Tensor]:
-    """Row indices of prompts grouped by token length, for the short text path.
-
-    One pass runs every prompt as far as the longest one; grouping the prompts by length and
-    running each group only as far as its own longest cuts the positions computed. The groups
-    minimise ``sum(rows * longest + pass_cost)`` over contiguous ranges of the sorted lengths
-    (at most ``max_groups``). A single group (all rows) is returned when splitting does not pay.
-    """
-    if not lengths:
-        return []
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    ls = [lengths[i] for i in order]
-    # Cuts between equal lengths never pay, so only the ends of the runs of equal lengths are
-    # candidate cuts (at most the context length of them, however many prompts there are).
-    ends = [j for j in range(1, len(ls) + 1) if j == len(ls) or ls[j] != ls[j - 1]]
-    points = [0] + ends
-    inf = float("inf")
-    # best[g][b]: cost of the rows before points[b] in g groups; cut[g][b]: where the last group starts
-    best = [[inf] * len(points) for _ in range(max_groups + 1)]
-    cut = [[0] * len(points) for _ in range(max_groups + 1)]
-    best[0][0] = 0.0
-    for g in range(1, max_groups + 1):
-        for b in range(1, len(points)):
-            for a in range(b):
-                cost = best[g - 1][a] + (points[b] - points[a]) * ls[points[b] - 1] + pass_cost
-                if cost < best[g][b]:
-                    best[g][b], cut[g][b] = cost, a
-    last = len(points) - 1
-    g = min(range(1, max_groups + 1), key=lambda k: (best[k][last], k))
-    bounds, b = [], last
-    while g > 0:
-        a = cut[g][b]
-        bounds.append((points[a], points[b]))
-        b, g = a, g - 1
-    return [torch.as_tensor(order[i:j]) for i, j in reversed(bounds)]
-
-
-def _replace_positions(x: torch.Tensor, a: int, b: int, tokens: torch.Tensor, seq_first: bool) -> torch.Tensor:
-    """``x`` with sequence positions ``a:b`` replaced by ``tokens`` ``(b - a, D)``, the same for every row.
-
-    A new tensor, never an in-place write: a block that gradient checkpointing recomputes must see
-    the same input again.
-    """
-    if seq_first:
-        return torch.cat([x[:a], tokens.unsqueeze(1).expand(-1, x.shape[1], -1), x[b:]], dim=0)
-    return torch.cat([x[:, :a], tokens.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, b:]], dim=1)
 
 
 def _refuse_double_wrap(model: nn.Module) -> None:
@@ -629,69 +444,3 @@ def _refuse_double_wrap(model: nn.Module) -> None:
                 raise InvalidInputError(
                     f"this {type(model).__name__} is already wrapped by a CouplingPromptWrapper (its hooks are on "
                     f"{type(module).__name__}); call .unwrap() on that wrapper first, or keep using it")
-
-
-def _refuse_intermediates(owner: str, *args: Any, **kwargs: Any):
-    raise RunError(
-        f"{owner}.forward_intermediates calls the blocks directly, so the prompt hooks cannot strip "
-        "their tokens and the output would silently hold extra tokens; use the wrapper's "
-        "encode_video/encode_text, or unwrap() first")
-
-
-def _resolve_hard_prompts(hard: HardPrompts, shape: tuple[int, int]) -> Optional[torch.Tensor]:
-    """The hard prompt as a tensor of ``shape``, from a tensor, a prompt file or a PromptFile."""
-    if hard is None:
-        return None
-    from promptcouple.io import PromptFile, read_prompt_file
-
-    source = "hard_prompts"
-    if isinstance(hard, (str, os.PathLike)):
-        source, hard = str(hard), read_prompt_file(hard)
-    if isinstance(hard, PromptFile):
-        hard = hard.effective_context()
-    if not torch.is_tensor(hard):
-        raise InvalidTypeError(f"hard_prompts must be a tensor, a prompt file path or a PromptFile, "
-                               f"got {type(hard).__name__}")
-    from promptcouple.io import check_tensor_values
-
-    check_tensor_values("the hard prompt", hard, source)
-    if tuple(hard.shape) != tuple(shape):
-        raise PromptFileError(
-            f"{source}: hard prompt of shape {tuple(hard.shape)}, expected {tuple(shape)} (n_ctx, text width); "
-            "was it learned with another n_ctx or for another backbone?")
-    return hard.float()
-
-
-def check_classnames(classnames: Any, *, distinct: bool = False) -> tuple[str, ...]:
-    """Class names as a tuple, refusing what would silently train or evaluate the wrong classes.
-
-    ``distinct``: also refuse a name given twice, where the names are classes to tell apart
-    (``forward``); text features of a list with repeats (class names and anchor labels in one
-    pass) are well defined.
-
-    Raises:
-        InvalidInputError: A plain string (it would become one class per letter), an empty list,
-            a name that is not a non-empty string, or (``distinct``) a name given twice.
-        InvalidTypeError: Anything but a list or tuple (``None``, a number, a dict, a tensor, ...).
-    """
-    if isinstance(classnames, str):
-        raise InvalidInputError(f"classnames must be a list of class names, got the string {classnames!r}; "
-                                f"write [{classnames!r}] for one class")
-    if not isinstance(classnames, (list, tuple)):
-        # A dict would give its keys, a tensor its rows, None or a number a bare TypeError: say so instead.
-        shown = "None" if classnames is None else f"a {type(classnames).__name__}"
-        raise InvalidTypeError(f"classnames must be a list or tuple of class names, got {shown}; "
-                               "pass them as a list, e.g. model(frames, ['archery', 'bowling'])")
-    names = tuple(classnames)
-    if not names:
-        raise InvalidInputError("classnames is empty; expected a non-empty list of class names")
-    for i, name in enumerate(names):
-        if not (isinstance(name, str) and name.strip()):
-            raise InvalidInputError(f"classnames[{i}] is {name!r}, expected a non-empty string")
-    first: dict[str, int] = {}
-    for i, name in enumerate(names if distinct else ()):
-        if name in first:
-            raise InvalidInputError(f"classnames[{first[name]}] and classnames[{i}] are both {name!r}: two classes "
-                                    "with one name cannot be told apart; give each class a distinct name")
-        first[name] = i
-    return names
