@@ -52,7 +52,9 @@ def build(quick: bool, frames: int):
         host, tokenizer, config, size = open_clip.create_model(name, pretrained=None), open_clip.get_tokenizer(name), \
             pc.CouplingConfig(), 224
     cfg.model.name, cfg.data.image_size = ("tiny" if quick else "ViT-B-16-quickgelu"), size
-    hard = torch.randn(config.n_ctx, host.transformer.width) * 0.02
+    from promptcouple.config import DEFAULT_N_CTX
+
+    hard = torch.randn(config.n_ctx or DEFAULT_N_CTX, host.transformer.width) * 0.02
     wrapper = pc.CouplingPromptWrapper(host.eval(), config, hard_prompts=hard, tokenizer=tokenizer)
     return Predictor.from_wrapper(wrapper, CLASSES, config=cfg, batch_size=1)
 
