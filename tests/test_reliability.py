@@ -28,6 +28,7 @@ from promptcouple.errors import (CheckpointError, ConfigError, InvalidInputError
                                  MissingFileError, OutputConflictError, PromptcoupleError, PromptFileError,
                                  RunLockedError)
 from promptcouple.train import TrainConfig, Trainer, load_config, tiny_clip, train, write_clip_file
+from promptcouple.train.evaluation import evaluate_config
 from promptcouple.train.checkpoint import load_checkpoint
 from promptcouple.train.data import synthetic_clips
 from promptcouple.train.lock import LOCK_NAME, RunLock
@@ -259,6 +260,13 @@ API_CASES = [
      ["checkpoint.pt", "truncated"]),
     ("run-folder-locked", lambda f: _held_lock(f, "locked_run"), RunLockedError,
      ["in use by another run", str(os.getpid())]),
+    # evaluation outputs are checked before the model is built or any clip is scored
+    ("eval-output-is-a-folder", lambda f: evaluate_config(f.cfg, output=f.dir), OutputConflictError,
+     ["output", "is a folder", "metrics.json"]),
+    ("eval-output-under-a-file", lambda f: evaluate_config(f.cfg, output=f.a_file / "m.json"), InvalidInputError,
+     ["a_file is a file", "choose a path in a folder"]),
+    ("eval-reports-into-a-file", lambda f: evaluate_config(f.cfg, report_dir=f.a_file), OutputConflictError,
+     ["report_dir", "is a file"]),
 ]
 
 
