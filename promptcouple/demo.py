@@ -79,7 +79,13 @@ def build_demo(predictor, examples: Sequence[str] = (), *, video: Optional[str] 
                     labels = [gr.Label(num_top_classes=TOPK, label=name) for name in columns]
 
         def run(video_path, class_text, selected):
-            images, tops = classify(predictor, video_path, class_text, [n for n in columns if n in selected])
+            from promptcouple.data import DECODE_ERRORS
+            from promptcouple.errors import PromptcoupleError
+
+            try:
+                images, tops = classify(predictor, video_path, class_text, [n for n in columns if n in selected])
+            except (PromptcoupleError, *DECODE_ERRORS) as err:  # shown on the page, not as a bare "Error"
+                raise gr.Error(str(err)) from None
             return (images, *[gr.update(value=tops.get(name), visible=name in tops) for name in columns])
 
         button.click(run, inputs=[video_in, classes, chosen], outputs=[gallery, *labels], api_name="classify")

@@ -75,7 +75,11 @@ def is_hub_reference(source: Any) -> bool:
     """``hf-hub:...``, or ``org/repo`` where no such local path exists."""
     if not isinstance(source, str):
         return False
-    return source.startswith(HUB_PREFIX) or (bool(_REPO_ID.match(source)) and not os.path.exists(source))
+    if source.startswith(HUB_PREFIX):
+        return True
+    # "runs/s1.safetensors" that does not exist is a mistyped file, not a repository
+    return bool(_REPO_ID.match(source)) and not source.endswith((".safetensors", *CHECKPOINT_SUFFIXES)) \
+        and not os.path.exists(source)
 
 
 def hub_download(repo_id: str, filename: str, *, revision: Optional[str] = None) -> Path:
@@ -130,7 +134,12 @@ def resolve_prompt_source(source: Union[PathLike, str], *, revision: Optional[st
     """
     if is_hub_reference(source):
         repo_id, filename = parse_hub_reference(str(source))
-        path = hub_download(repo_id, filename, revision=revision)
+        try:
+            path = hub_download(repo_id, filename, revision=revision)
+        except MissingFileError as err:
+            if str(source).startswith(HUB_PREFIX):
+                raise
+            raise MissingFileError(f"no file or folder {source!r} here, and as a Hub repository: {err}") from None
         return _converted(repo_id, path) if path.suffix in CHECKPOINT_SUFFIXES else path
     path = Path(source)
     if path.is_dir():

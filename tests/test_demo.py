@@ -60,6 +60,8 @@ def test_the_client_gets_the_top5_predict_prints(served, capsys):
     frames, ours, zero = client.predict(gradio_client.handle_file(clip), ", ".join(CLASSES), ["s1", ZERO_SHOT],
                                         api_name="/classify")
     assert len(frames) == 4  # the frames the model sampled
+    with pytest.raises(Exception, match="at least two"):  # the typed error's message reaches the page
+        client.predict(gradio_client.handle_file(clip), "red", ["s1"], api_name="/classify")
     assert cli(["predict", clip, "--prompts", str(served["prompts"]), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()[-1]  # "clip1.mp4: green 0.358, red 0.288, ..."
     shown = ", ".join(f"{c['label']} {c['confidence']:.3f}" for c in ours["value"]["confidences"])

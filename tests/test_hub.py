@@ -87,6 +87,9 @@ def test_a_file_missing_from_the_offline_cache_is_one_line_naming_repo_and_setti
     text = str(err.value)
     assert "\n" not in text and "org/other" in text and "HF_HUB_OFFLINE=1" in text
     assert isinstance(err.value, FileNotFoundError)
+    with pytest.raises(FileNotFoundError, match="no file or folder 'org/other' here, and as a Hub repository"):
+        hub.resolve_prompt_source("org/other")  # a bare org/repo that is no local path either
+    assert not hub.is_hub_reference("runs/missing.safetensors")  # a mistyped file stays a file
     assert cli(["inspect", "hf-hub:org/prompts/missing.safetensors"]) == 2
     out = capsys.readouterr().err.strip()
     assert len(out.splitlines()) == 1 and "org/prompts" in out and "HF_HUB_OFFLINE=1" in out
