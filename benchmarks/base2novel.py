@@ -14,7 +14,12 @@ Methods (``--methods``; every trained one runs through :class:`promptcouple.trai
 * ``coupling`` and ``anchors``: ablations (coupling only; IVLP + consistency anchors);
 * ``ivlp+src`` and ``ga2+src``: IVLP and GA2 (ours) with the PromptSRC-style guards
   (``promptcouple.guards``: feature and logit agreement with the frozen model on the training
-  clips, Gaussian prompt aggregation over the epochs).
+  clips, Gaussian prompt aggregation over the epochs);
+* ``zero-shot+desc``, ``ivlp+desc``, ``ga2+desc``, ``anchors+desc``: the same runs with class
+  descriptions, each class encoded as the mean of its descriptions' normalised features in
+  training and evaluation (the world's description sets: the class name and its motion
+  paraphrases; on real data a ``descriptions`` file per dataset section). ``--descriptions`` adds
+  the description row of every chosen method; each is also compared with its own plain row.
 
 The hard prompt is the layer-0 context of IVLP prompts trained on the world's hard-prompt source
 (disjoint classes), cached in ``OUT/cache`` per world seed. Three training splits, the last epoch
@@ -24,7 +29,8 @@ the mean paired HM difference with a 95% t interval over the cells, and a 95% pa
 over the test clips (``benchmarks/stats.py``), as a table and one line per method. Writes a
 markdown table, a JSON file (per method, dataset, split and world seed: base, novel, HM, seconds,
 the per-epoch curve and every test clip's top-1 correctness), a plot of base, novel and HM over
-the epochs per method and one of base, novel and HM per dataset.
+the epochs per method, one of base, novel and HM per dataset, and a forest plot of HM - IVLP per
+method with both intervals (``*_forest.png``).
 
 ``--protocol k400-first`` is GA2-CLIP's own protocol for HMDB, UCF and SSv2 beside the from-CLIP
 one: the world CLIP is first fine-tuned on all of ``wk400`` (ViFi-CLIP style, the whole model, a
@@ -34,7 +40,7 @@ on ``wk400``'s base classes from it.
 
 Examples::
 
-    python benchmarks/base2novel.py --quick                     # < 5 minutes on 2 cores
+    python benchmarks/base2novel.py --quick                     # < 5 minutes on 2 cores (13 of the 15 rows)
     nice -n 5 python benchmarks/base2novel.py                    # full: all methods, 3 splits
     python benchmarks/base2novel.py --methods zero-shot ivlp ga2 --datasets whmdb --splits 1
     python benchmarks/base2novel.py --protocol k400-first       # the paper's protocol, from a wk400 backbone
@@ -56,7 +62,11 @@ from protocol.context import run_script, start
 from protocol.setting import make_parser, make_setting
 
 DEFAULT_METHODS = ("zero-shot", "coop", "ivlp", "kgcoop", "ga2-reference", "ga2", "ga2-negative", "coupling",
-                   "anchors", "ivlp+src", "ga2+src")
+                   "anchors", "ivlp+src", "ga2+src", "zero-shot+desc", "ivlp+desc", "ga2+desc", "anchors+desc")
+# --quick leaves out two rows to make room for the description rows within its 5 minutes: the released
+# anchor computation (inert: it matches coupling only within 0.1 in every cell of the full runs) and GA2 +
+# PromptSRC-style.
+QUICK_METHODS = tuple(m for m in DEFAULT_METHODS if m not in ("ga2-reference", "ga2+src"))
 
 
 def ivlp_vs_zero_shot(table: dict) -> dict:
@@ -106,7 +116,8 @@ def main(argv=None) -> dict:
                                         threads=max(1, args.threads or 1))
             seed_args.backbone_checkpoint = path
             backbones[str(seed)] = {"path": path, **notes}
-        ctx = start(seed_args, "base_to_novel", DEFAULT_METHODS, shots=[make_setting(args).shots])
+        ctx = start(seed_args, "base_to_novel", QUICK_METHODS if args.quick else DEFAULT_METHODS,
+                    shots=[make_setting(args).shots])
         s = ctx.setting
         jobs = ctx.jobs("base_to_novel", [s.shots], eval_every=s.eval_every)
         if len(seeds) > 1:  # each world's runs in their own folders
@@ -140,6 +151,11 @@ def main(argv=None) -> dict:
         markdown += ("\n\nHM against IVLP, paired by cell (dataset x split x world seed), top-1 points:\n\n"
                      + reports.format_comparison(paired, ctx.methods, "IVLP") + "\n\n"
                      + "\n".join(reports.readings(paired, ctx.methods)))
+    with_descriptions = reports.description_comparison(records, ctx.methods)
+    if with_descriptions:
+        markdown += ("\n\nWith descriptions against the same method without them (HM, paired by cell), top-1 "
+                     "points:\n\n" + reports.format_comparison(with_descriptions, ctx.methods, "plain row") + "\n\n"
+                     + "\n".join(reports.readings(with_descriptions, ctx.methods)))
     plot = Path(args.plot) if args.plot else ctx.out / f"base2novel{'_quick' if args.quick else ''}.png"
     made = reports.plot_curves(records, ctx.methods, plot,
                                f"base (solid), novel (dashed) and HM (dotted) top-1 over epochs, mean of "
@@ -147,6 +163,8 @@ def main(argv=None) -> dict:
                                "grey: frozen zero-shot")
     bars = reports.plot_datasets(table, ctx.methods, ctx.datasets, plot.with_name(plot.stem + "_datasets.png"),
                                  f"base, novel and HM per dataset, last epoch, mean of {over}")
+    forest = reports.plot_forest(paired, ctx.methods, plot.with_name(plot.stem + "_forest.png"),
+                                 f"HM - IVLP per method, paired by cell, mean of {over}") if paired else None
     comparison = ivlp_vs_zero_shot(table)
     if comparison:
         markdown += (f"\n\nIVLP vs zero-shot (average): base {comparison['ivlp_base_gain']:+.1f} points, "
@@ -154,7 +172,9 @@ def main(argv=None) -> dict:
         if "ga2_hm_minus_ivlp_hm" in comparison:
             markdown += f"; GA2 (ours) HM - IVLP HM: {comparison['ga2_hm_minus_ivlp_hm']:+.1f}"
     results = {"runs": records, "table": table, "ivlp_vs_zero_shot": comparison, "paired_vs_ivlp": paired,
-               "plot": str(made) if made else None, "plot_datasets": str(bars) if bars else None}
+               "paired_descriptions_vs_plain": with_descriptions,
+               "plot": str(made) if made else None, "plot_datasets": str(bars) if bars else None,
+               "plot_forest": str(forest) if forest else None}
     if args.data_config is None:
         results.update(world_seed=seeds[0] if len(seeds) == 1 else seeds, world_seeds=seeds,
                        hard_prompts_by_world_seed={str(w): c.hard_prompts for w, c in zip(seeds, contexts)},

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from promptcouple.adapters import UnsupportedHostError
 from promptcouple.anchors import AnchorOverlapError, AnchorRegularizer
 from promptcouple.config import CouplingConfig
+from promptcouple.descriptions import read_descriptions
 from promptcouple.errors import PromptcoupleError, PromptFileError
 from promptcouple.io import PromptFile, load_prompts, read_prompt_file, save_prompts
 from promptcouple.text_consistency import TextConsistencyRegularizer
@@ -30,6 +31,7 @@ __all__ = [
     "convert_checkpoint",
     "load_video",
     "load_prompts",  # deprecated: read_prompt_file
+    "read_descriptions",
     "read_prompt_file",
     "save_prompts",
 ]

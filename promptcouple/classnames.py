@@ -37,24 +37,33 @@ class ClassPrompts:
         """The text each class is tokenized from: placeholders (or ``ctx_init``) then the name."""
         return [f"{self.prefix} {class_text(name)}." for name in classnames]
 
-    def tokens(self, classnames: Sequence[str]) -> "ClassTokens":
+    def description_text(self, description: str) -> str:
+        """The text a class description is tokenized from: the prefix, the description, one period."""
+        return f"{self.prefix} {description.strip().rstrip('.').rstrip()}."
+
+    def tokens(self, classnames: Sequence[str], rows: Optional[Sequence[tuple]] = None) -> "ClassTokens":
         """The class prompts' token ids and, for the short text path, their rows grouped by length
-        (:func:`length_groups`) with each group's cut length, cached per class set."""
+        (:func:`length_groups`) with each group's cut length, cached per class set. With ``rows``
+        (:func:`promptcouple.descriptions.description_rows`): one prompt per description of a
+        described class and one per name of the others, all in the same groups."""
         key = check_classnames(classnames)
-        hit = self._cache.get(key)
+        hit = self._cache.get((key, *rows) if rows else key)
         if hit is None:
             limit = self.context_length
             specials = self.ctx_start + 1  # start token(s) before the prompt, end token after it
-            texts = self.texts(key)
+            texts, what = self.texts(key), [f"class name {name!r}" for name in key]
+            if rows:
+                texts = [texts[i] if t is None else self.description_text(t) for i, t in rows]
+                what = [what[i] if t is None else f"description {t!r} of class {key[i]!r}" for i, t in rows]
             lengths = []
-            for name, text in zip(key, texts):
+            for name, text in zip(what, texts):
                 length = specials + self.tokenizer.count(text)
                 if length > limit:
                     raise InvalidInputError(
-                        f"class name {name!r} needs {length} tokens with {self.config.n_ctx} context tokens, "
-                        f"more than the context length {limit}; shorten the name or use a smaller n_ctx")
+                        f"{name} needs {length} tokens with {self.config.n_ctx} context tokens, "
+                        f"more than the context length {limit}; shorten it or use a smaller n_ctx")
                 lengths.append(length)
-            hit = self._cache[key] = ClassTokens.build(self.tokenizer(texts), lengths)
+            hit = self._cache[(key, *rows) if rows else key] = ClassTokens.build(self.tokenizer(texts), lengths)
         return hit
 
 

@@ -23,6 +23,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import torch
+import torch.nn.functional as F
+
 from promptcouple.constants import class_key
 from promptcouple.errors import InvalidInputError, InvalidTypeError, MissingFileError
 from promptcouple.fileio import PathLike
@@ -96,7 +99,7 @@ def check_descriptions(descriptions: Any, source: str = "descriptions") -> dict[
     letter) or with none, an empty description."""
     if not isinstance(descriptions, Mapping):
         raise InvalidTypeError(f"{source} must be a mapping {{class name: [description, ...]}} (read one with "
-                               f"promptcouple.data.read_descriptions), got {type(descriptions).__name__}")
+                               f"promptcouple.descriptions.read_descriptions), got {type(descriptions).__name__}")
     out = {}
     for name, texts in descriptions.items():
         if isinstance(texts, str):
@@ -162,3 +165,24 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, str, str]]:
                                     "at least one or remove the class")
         rows.extend((line, name, t) for t in texts)
     return rows
+
+
+def description_rows(classnames: Sequence[str], descriptions: Optional[Descriptions]) -> Optional[list[tuple]]:
+    """The text rows of one pass over ``classnames``: ``(class index, description)`` per description
+    of a described class, ``(class index, None)`` (its name) for the others; ``None`` when no class
+    has descriptions (then nothing changes: one row per class name)."""
+    if not descriptions or not any(n in descriptions for n in classnames):
+        return None
+    return [(i, t) for i, n in enumerate(classnames) for t in (descriptions[n] if n in descriptions else (None,))]
+
+
+def average_rows(features, rows: Sequence[tuple], num_classes: int):
+    """``(K, D)`` class features from the ``(N, D)`` features of :func:`description_rows`' rows: a
+    described class is the mean of its descriptions' L2-normalised features (not renormalised: the
+    logits normalise anyway), a class given by its name keeps its row as it is."""
+    owner = torch.as_tensor([i for i, _ in rows], device=features.device)
+    described = torch.as_tensor([t is not None for _, t in rows], device=features.device)
+    counts = torch.bincount(owner, minlength=num_classes).to(features.dtype)
+    x = torch.where(described[:, None], F.normalize(features, dim=-1), features)
+    out = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    return out.index_add(0, owner, x / counts[owner][:, None])

@@ -23,6 +23,8 @@ nothing else (:data:`RUN_INFO_KEYS`, all optional)::
     num_frames        integer       frames per clip
     image_size        integer       frame side in pixels
     eval_views        JSON object   ``num_clips``, ``num_crops``, ``reduce``, ``precision`` of evaluation
+    descriptions      JSON object   class -> its descriptions, where the file was trained and evaluated
+                                    with class descriptions (``wrapper.descriptions``; restored on loading)
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ HOST_PREFIX = "host."
 
 
 # What a training run records about itself (see the module docstring); JSON-encoded unless integers.
-RUN_INFO_KEYS = ("classnames", "eval_classnames", "backbone", "num_frames", "image_size", "eval_views")
+RUN_INFO_KEYS = ("classnames", "eval_classnames", "backbone", "num_frames", "image_size", "eval_views",
+                 "descriptions")
 
 
 def _run_metadata(run_info: Optional[dict]) -> dict[str, str]:
@@ -158,8 +161,12 @@ def save_prompts(wrapper, path: PathLike, *, run_info: Optional[dict] = None) ->
     """Save a wrapper's prompts (with hard prompt and config) to ``path``.
 
     ``run_info``: class names, backbone, frames and image size of the run (:data:`RUN_INFO_KEYS`),
-    so that ``promptcouple predict`` can use the file alone; the Trainer passes them.
+    so that ``promptcouple predict`` can use the file alone; the Trainer passes them. The wrapper's
+    class descriptions (``wrapper.descriptions``) are recorded unless ``run_info`` gives them.
     """
+    described = getattr(wrapper, "descriptions", None)
+    if described and (run_info is None or "descriptions" not in run_info):
+        run_info = {**(run_info or {}), "descriptions": {k: list(v) for k, v in described.items()}}
     write_prompt_file(path, wrapper_tensors(wrapper), wrapper.config, wrapper.host.kind, wrapper.train_host,
                       run_info=run_info)
 

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -137,14 +137,19 @@ class Predictor:
             and its run folder say about the backbone, frames, image size and views.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...
         batch_size: Videos per forward pass.
+        descriptions: Class descriptions: a description file (CSV or JSON, every scored class
+            described; :func:`promptcouple.descriptions.read_descriptions`) or a mapping ``{class:
+            [descriptions]}``. ``None``: those the prompt file records (it was trained and evaluated
+            with them), for the classes they describe.
 
     Raises:
         ConfigError: No way to rebuild the backbone, or one that differs from the recorded one.
-        InvalidInputError: Bad class names.
+        InvalidInputError: Bad class names, or a description file that does not fit them.
     """
 
     def __init__(self, prompts: Union[PathLike, Sequence[PathLike]], *, classes: Union[None, str, Sequence[str]] = None,
-                 config=None, device: str = "auto", batch_size: int = 8):
+                 config=None, device: str = "auto", batch_size: int = 8,
+                 descriptions: Union[None, PathLike, Mapping[str, Sequence[str]]] = None):
         from promptcouple.io import read_prompt_file, run_info_of
         from promptcouple.train.config import TrainConfig, load_config
         from promptcouple.train.hosts import build_wrapper
@@ -181,6 +186,15 @@ class Predictor:
         self._zero_shot = None
         for name, source in zip(names[1:], sources[1:]):
             self.add_prompts(source, name=name)
+        if isinstance(descriptions, (str, os.PathLike)):
+            from promptcouple.descriptions import read_descriptions
+
+            self.wrapper.descriptions = read_descriptions(descriptions, self.classnames)
+            self.descriptions_source = str(descriptions)
+        elif descriptions is not None:
+            self.wrapper.descriptions, self.descriptions_source = descriptions, "given"
+        else:
+            self.descriptions_source = "recorded in the prompt file"
 
     def add_prompts(self, source: PathLike, *, name: Optional[str] = None) -> str:
         """Load another prompt file onto the same backbone as a named prompt set; returns its name.
@@ -241,7 +255,15 @@ class Predictor:
         videos = f"{num_videos} video(s), " if num_videos is not None else ""
         return (f"predict: {videos}{len(self.classnames)} classes ({self.classes_source}); model {c.model.name}, "
                 f"{c.data.num_frames} frames of {c.data.image_size}px, {e.num_clips}x{e.num_crops} views "
-                f"(from {self.config_source}); device {self.device}")
+                f"(from {self.config_source}); device {self.device}{self._descriptions_summary()}")
+
+    def _descriptions_summary(self) -> str:
+        d = self.wrapper.descriptions or {}
+        described = [n for n in self.classnames if n in d]
+        if not described:
+            return ""
+        return (f"; {len(described)} of {len(self.classnames)} classes by their descriptions "
+                f"({sum(len(d[n]) for n in described)} in all, {self.descriptions_source})")
 
     def load(self, path: PathLike) -> torch.Tensor:
         """``(V, T, 3, S, S)`` views of one video, read as evaluation reads it."""

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import warnings
 from functools import partial
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +25,19 @@ from promptcouple.adapters.base import cosine_logits
 from promptcouple.adapters.capabilities import frame_format
 from promptcouple.classnames import ClassPrompts, ClassTokens, check_classnames, length_groups
 from promptcouple.config import DEFAULT_N_CTX, CouplingConfig
+from promptcouple.descriptions import average_rows, check_descriptions, description_rows
 from promptcouple.errors import InvalidInputError, InvalidTypeError, RunError
 from promptcouple.fileio import PathLike
 from promptcouple.hooks import PromptHooks, refuse_intermediates
 from promptcouple.host_state import HostState
+from promptcouple.prompt_sets import DEFAULT_SET, PromptSet, PromptSets
 from promptcouple.prompts import HardPrompts, PromptLearner, resolve_hard_prompts
 from promptcouple.tokenize import PromptTokenizer
 
 __all__ = ["CouplingPromptWrapper", "check_classnames", "length_groups"]
 
 
-class CouplingPromptWrapper(PromptHooks, nn.Module):
+class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
     """Prompt-tune a frozen CLIP-style model: ``CouplingPromptWrapper(model, config, hard_prompts=...)``.
 
     Args:
@@ -64,11 +66,6 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         super().__init__()
         _refuse_double_wrap(model)
         host = resolve_host(model)
-        config = config if config is not None else CouplingConfig()
-        if config.has_vision_prompts and host.vision is None:
-            raise UnsupportedHostError(
-                f"{host.vision_refusal or host.family + ' has no vision prompt site'}; this config asks for "
-                f"{config.n_vision_ctx} vision prompt tokens: set n_vision_ctx=0, vision_depth=0 (text prompts only)")
         self.model = model
         self.host: HostAdapter = host
         self.tokenizer = PromptTokenizer(tokenizer if tokenizer is not None else host.default_tokenizer(),
@@ -76,10 +73,11 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.short_text = short_text
         self._active = True
         self._wrapped = True
-        # The active prompt set: its tensors (``prompts``), its class prompts and token ids, and
-        # its class features cached for evaluation.
-        self.prompts, self._class_prompts = self._new_prompt_set(config, hard_prompts)
-        self._feature_cache: dict[tuple, torch.Tensor] = {}
+        # Named prompt sets (prompt_sets.py); the active one is ``prompts`` (registered), with its
+        # class prompts and token ids (``_class_prompts``) and cached class features.
+        self._sets: dict[str, PromptSet] = {DEFAULT_SET: self._prompt_set(config, hard_prompts)}
+        self._switch(DEFAULT_SET)
+        self._descriptions: Optional[dict[str, tuple[str, ...]]] = None
 
         # Freeze the host, remembering its flags and modes so that unwrap() restores them exactly.
         self.train_host = tuple(train_host)
@@ -117,15 +115,20 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         """Index of the first context token in the active set's token ids."""
         return self._class_prompts.ctx_start
 
-    def _new_prompt_set(self, config: CouplingConfig, hard_prompts: HardPrompts) -> tuple[PromptLearner, ClassPrompts]:
+    def _prompt_set(self, config: Optional[CouplingConfig], hard_prompts: HardPrompts) -> PromptSet:
         """A prompt set's tensors and class prompts for ``config``, checked against the host."""
         host = self.host
+        config = config if config is not None else CouplingConfig()
+        if config.has_vision_prompts and host.vision is None:
+            raise UnsupportedHostError(
+                f"{host.vision_refusal or host.family + ' has no vision prompt site'}; this config asks for "
+                f"{config.n_vision_ctx} vision prompt tokens: set n_vision_ctx=0, vision_depth=0 (text prompts only)")
         config, ctx_init = self._resolve_context(config)
         self._check_depths(config)
         hard = resolve_hard_prompts(hard_prompts, (config.n_ctx, host.text.width))
         vision_width = host.vision.width if host.vision is not None else 0
         learner = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(host.parameter.device)
-        return learner, ClassPrompts(self.tokenizer, learner.config, host.text.context_length)
+        return PromptSet(learner, ClassPrompts(self.tokenizer, learner.config, host.text.context_length))
 
     def _resolve_context(self, config: CouplingConfig) -> tuple[CouplingConfig, Optional[torch.Tensor]]:
         if config.ctx_init is None:
@@ -169,13 +172,25 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         """The text each class is tokenized from: placeholders (or ``ctx_init``) then the name."""
         return self._class_prompts.texts(classnames)
 
+    @property
+    def descriptions(self) -> Optional[dict[str, tuple[str, ...]]]:
+        """Class descriptions that :meth:`encode_text` and :meth:`forward` use when given none,
+        ``{class: (description, ...)}``; a class not in it is encoded by its name (``None``: every
+        class). The Trainer sets them from ``data.descriptions``; prompt files record and restore them."""
+        return self._descriptions
+
+    @descriptions.setter
+    def descriptions(self, value: Optional[Mapping[str, Sequence[str]]]) -> None:
+        self._descriptions = check_descriptions(value) if value else None
+
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
         return self._tokenized(classnames).ids
 
-    def _tokenized(self, classnames: Sequence[str]) -> ClassTokens:
-        """The class prompts' token ids and length groups under the active set (cached)."""
-        return self._class_prompts.tokens(classnames)
+    def _tokenized(self, classnames: Sequence[str], rows: Optional[Sequence[tuple]] = None) -> ClassTokens:
+        """The class prompts' token ids and length groups under the active set (cached); ``rows``:
+        a prompt per class description instead (``descriptions.description_rows``)."""
+        return self._class_prompts.tokens(classnames, rows)
 
     def _prompt_version(self) -> tuple:
         # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
@@ -204,8 +219,15 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
             parts.append(part)
         return torch.cat(parts)[tokens.order.to(ids.device)]
 
-    def encode_text(self, classnames: Sequence[str], normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, classnames: Sequence[str], normalize: bool = False, *,
+                    descriptions: Optional[Mapping[str, Sequence[str]]] = None) -> torch.Tensor:
         """Prompted class features ``(K, D)``.
+
+        ``descriptions`` (default: :attr:`descriptions`), ``{class: [description, ...]}``: such a
+        class is the mean of the L2-normalised prompted features of its descriptions, each prompted
+        as a name is (``X X ... X <description>.``), in the same text pass as the other classes'
+        names. The mean is not renormalised: the logits (``cosine_logits``) normalise it, as
+        ``normalize=True`` does here.
 
         Where the text tower is causal and the adapter allows it, only the first ``L`` positions
         run (``L`` = last end-of-text position + 1): the same features as the full length, at a
@@ -215,16 +237,20 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         through ``.data``, call :meth:`clear_cache`.
         """
         self._check_wrapped()
+        names = check_classnames(classnames)
+        rows = description_rows(names, self._descriptions if descriptions is None else check_descriptions(descriptions))
         cacheable = not (self.training or torch.is_grad_enabled())
         key = None
         if cacheable:
             param = self.host.parameter
-            key = (check_classnames(classnames), self._prompt_version(), self._host_version(), self._active,
+            key = (names, tuple(rows or ()), self._prompt_version(), self._host_version(), self._active,
                    torch.is_autocast_enabled(), param.dtype, param.device)
             hit = self._feature_cache.get(key)
             if hit is not None:
                 return F.normalize(hit, dim=-1) if normalize else hit
-        features = self._host_text(self._tokenized(classnames))
+        features = self._host_text(self._tokenized(names, rows))
+        if rows is not None:
+            features = average_rows(features, rows, len(names))
         if cacheable:
             self._feature_cache.clear()  # one class set at a time: bounded memory
             self._feature_cache[key] = features
@@ -309,10 +335,12 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
             text = self.host.specialize_text(text, context)
         return cosine_logits(video, text.to(video.dtype), self.host.logit_scale, self.host.logit_bias)
 
-    def forward(self, frames: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
-        """Logits ``(B, K)`` of videos ``(B, T, C, H, W)`` against prompted class names (distinct)."""
+    def forward(self, frames: torch.Tensor, classnames: Sequence[str], *,
+                descriptions: Optional[Mapping[str, Sequence[str]]] = None) -> torch.Tensor:
+        """Logits ``(B, K)`` of videos ``(B, T, C, H, W)`` against prompted class names (distinct),
+        or their descriptions (see :meth:`encode_text`)."""
         check_classnames(classnames, distinct=True)  # two classes of one name: two identical logits
-        text = self.encode_text(classnames)
+        text = self.encode_text(classnames, descriptions=descriptions)
         video, context = self.encode_video(frames, return_tokens=True)
         return self.logits(video, text, context)
 
@@ -347,7 +375,8 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
     def clear_cache(self) -> None:
         """Forget cached class features: needed only after replacing host weights through ``p.data = ...``
         (in-place edits, ``load_state_dict``, dtype and device changes are part of the cache key)."""
-        self._feature_cache.clear()
+        for prompt_set in self._sets.values():  # every set's features came from the host's weights
+            prompt_set.features.clear()
 
     # ------------------------------------------------------------------------------------- I/O
 
@@ -357,9 +386,24 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
 
         save_prompts(self, path)
 
-    def save_pretrained(self, path: PathLike) -> None:
-        """:meth:`save_prompts` under the name that pairs with :meth:`from_pretrained` (as in peft)."""
-        self.save_prompts(path)
+    def save_pretrained(self, directory: PathLike, **kwargs: Any) -> None:
+        """Write ``directory/prompts.safetensors`` and its model card ``README.md``, the layout
+        :meth:`from_pretrained` and the Hub read (as peft; :func:`promptcouple.hub.save_pretrained`)."""
+        from promptcouple.hub import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the prompts with a model card to the Hugging Face Hub (:func:`promptcouple.hub.push_to_hub`)."""
+        from promptcouple.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def merged(self) -> "PromptFile":  # noqa: F821
+        """The prompts with the coupled context computed once: a plain prompt file (:mod:`promptcouple.merge`)."""
+        from promptcouple.merge import merged
+
+        return merged(self)
 
     def load_prompts(self, source: Union[PathLike, "PromptFile"]) -> None:  # noqa: F821
         """Load prompt tensors from a prompt file, checking every key and shape first."""
@@ -369,21 +413,14 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.clear_cache()
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path: PathLike, *, hard_prompts: HardPrompts = None,
+    def from_pretrained(cls, model: nn.Module, source: Union[PathLike, str], *, hard_prompts: HardPrompts = None,
                         **kwargs: Any) -> "CouplingPromptWrapper":
-        """Wrap ``model`` with the config, hard prompt and tensors of a prompt file."""
-        from promptcouple.io import read_prompt_file
+        """Wrap ``model`` with the config, hard prompt and tensors of the prompt file ``source`` names:
+        a file, a folder holding ``prompts.safetensors``, ``org/repo`` or ``hf-hub:org/repo[/file]``
+        (:func:`promptcouple.hub.from_pretrained`)."""
+        from promptcouple.hub import from_pretrained
 
-        pf = read_prompt_file(path)
-        if pf.coupled and hard_prompts is None:
-            hard_prompts = pf.tensors.get("text.hard")
-            if hard_prompts is None:
-                raise InvalidInputError(f"{path} was trained with a hard prompt that it does not contain "
-                                 "(converted from a GA2-CLIP checkpoint?); pass hard_prompts=")
-        kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
-        wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
-        wrapper.load_prompts(pf)
-        return wrapper
+        return from_pretrained(cls, model, source, hard_prompts=hard_prompts, **kwargs)
 
     # ---------------------------------------------------------------------------------- unwrap
 
@@ -402,7 +439,7 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.host.on_unwrap()
         self._host_state.restore()
         self._wrapped = False
-        self._feature_cache.clear()
+        self.clear_cache()
         return self.model
 
     def _check_wrapped(self) -> None:
@@ -423,7 +460,8 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         cfg = self.config
         return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
-                f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+                f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}"
+                + (f", prompts={self.active_prompts!r} of {list(self.prompt_sets)}" if len(self._sets) > 1 else ""))
 
 
 

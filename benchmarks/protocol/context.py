@@ -110,7 +110,7 @@ def start(args: argparse.Namespace, protocol: str, default_methods: Sequence[str
         args.threads = default_threads(args.model)
     setting = make_setting(args)
     source = make_source(args, setting)
-    methods = resolve_methods(args.methods, default_methods)
+    methods = resolve_methods(args.methods, default_methods, descriptions=getattr(args, "descriptions", False))
     known = source.datasets(protocol)
     datasets = list(args.datasets or known)
     unknown = [d for d in datasets if d not in known]

@@ -8,6 +8,7 @@ layout, hard prompt, anchor mode, text-consistency weight, the PromptSRC-style g
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -30,6 +31,8 @@ class Method:
         text_consistency: Weight of the KgCoOp-style term (0: off).
         self_reg: PromptSRC-style guards: self-regularisation against the frozen model (the
             setting's ``src_*`` weights) and Gaussian prompt aggregation over the epochs.
+        descriptions: Encode each class as the mean of its descriptions (the world's paraphrase
+            sets, or a data config section's ``descriptions`` file) in training and evaluation.
     """
 
     name: str
@@ -40,6 +43,16 @@ class Method:
     anchors: Optional[str] = None
     text_consistency: float = 0.0
     self_reg: bool = False
+    descriptions: bool = False
+
+
+DESCRIPTION_SUFFIX = "+desc"
+
+
+def with_descriptions(method: Method) -> Method:
+    """The description row of a method: the same run, each class encoded as its descriptions."""
+    return dataclasses.replace(method, name=method.name + DESCRIPTION_SUFFIX,
+                               label=method.label + " + descriptions", descriptions=True)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -55,19 +68,36 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ivlp+src", "IVLP + PromptSRC-style (self-regularisation, GPA)", self_reg=True),
     Method("ga2+src", "GA2, ours + PromptSRC-style", hard=True, anchors="consistency", self_reg=True),
 )}
+# The description rows of the issue's table; any other method gets one with --descriptions.
+METHODS.update({m.name: m for m in (with_descriptions(METHODS[n]) for n in ("zero-shot", "ivlp", "ga2", "anchors"))})
 
 
-def resolve_methods(names: Optional[Sequence[str]], default: Sequence[str]) -> list[Method]:
-    """``--methods`` values (or ``default``) as :class:`Method` objects, in the registry's order.
+def resolve_methods(names: Optional[Sequence[str]], default: Sequence[str], *,
+                    descriptions: bool = False) -> list[Method]:
+    """``--methods`` values (or ``default``) as :class:`Method` objects, in the registry's order,
+    each description row right after its plain row. ``descriptions``: add the description row of
+    every method chosen (``NAME+desc``, which ``--methods`` also takes for any method).
 
     Raises:
         SystemExit: An unknown method name (with the known ones).
     """
     wanted = list(names or default)
-    unknown = [n for n in wanted if n not in METHODS]
+    plain = [n[:-len(DESCRIPTION_SUFFIX)] if n.endswith(DESCRIPTION_SUFFIX) else n for n in wanted]
+    unknown = [n for n, p in zip(wanted, plain) if p not in METHODS or p.endswith(DESCRIPTION_SUFFIX)]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    return [m for m in METHODS.values() if m.name in wanted]
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)} (any method also as NAME"
+                         f"{DESCRIPTION_SUFFIX})")
+    if descriptions:
+        wanted += [p + DESCRIPTION_SUFFIX for p in plain]
+    out = []
+    for m in METHODS.values():
+        if m.descriptions:
+            continue
+        if m.name in wanted:
+            out.append(m)
+        if m.name + DESCRIPTION_SUFFIX in wanted:
+            out.append(METHODS.get(m.name + DESCRIPTION_SUFFIX) or with_descriptions(m))
+    return out
 
 
 def prompt_section(method: Method, setting: Setting, hard_prompts: Optional[str]) -> dict:
@@ -108,4 +138,21 @@ def run_config(method: Method, setting: Setting, model: dict, data: dict, out_di
         cfg["optim"]["prompt_average"] = True
     if anchors is not None:
         cfg["anchors"] = anchors
+    _set_descriptions(cfg["data"], method)
     return {"config": cfg, "base_dir": str(base_dir) if base_dir is not None else None}
+
+
+def _set_descriptions(data: dict, method: Method) -> None:
+    """Descriptions on for a description row, off for every other: the world's paraphrase sets, or
+    the ``descriptions`` file a data config section names."""
+    if data.get("world") is not None:
+        if method.descriptions:
+            data["world"]["descriptions"] = True
+        else:  # left out rather than false: the configs (and cached hard prompts' digests) stay as they were
+            data["world"].pop("descriptions", None)
+        return
+    if not method.descriptions:
+        data.pop("descriptions", None)
+    elif not data.get("descriptions"):
+        raise SystemExit(f"method {method.name!r} needs class descriptions: a 'descriptions' file in the dataset's "
+                         "section of --data-config (CSV class,description or JSON {class: [descriptions]})")

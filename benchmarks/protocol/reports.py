@@ -16,7 +16,7 @@ import torch
 from promptcouple.fileio import atomic_write, atomic_write_text
 from promptcouple.train import hm
 
-from .methods import Method
+from .methods import DESCRIPTION_SUFFIX, Method
 
 
 def mean_over_splits(records: Sequence[dict], metrics: Sequence[str]) -> dict:
@@ -122,6 +122,66 @@ def paired_comparison(records: Sequence[dict], reference: str = "ivlp", *, resam
     return stats.compare_methods(hms, reference, clips, resamples=resamples)
 
 
+def description_comparison(records: Sequence[dict], methods: Sequence[Method], *, resamples: int = 2000) -> dict:
+    """Every description row's HM minus its plain row's (``ivlp+desc`` - ``ivlp``), paired by cell
+    as :func:`paired_comparison` pairs against IVLP: what the descriptions themselves change.
+
+    Returns:
+        ``{description method: {"cells": interval, "clips": interval, "plain": plain method}}``.
+    """
+    import stats
+
+    hms, clips = cells(records)
+    out = {}
+    for m in methods:
+        plain = m.name[:-len(DESCRIPTION_SUFFIX)] if m.descriptions else None
+        if plain is None or m.name not in hms or plain not in hms:
+            continue
+        pair = {k: v for k, v in hms.items() if k in (m.name, plain)}
+        pair_clips = {k: v for k, v in clips.items() if k in (m.name, plain)}
+        out[m.name] = {**stats.compare_methods(pair, plain, pair_clips, resamples=resamples)[m.name], "plain": plain}
+    return out
+
+
+def plot_forest(comparison: dict, methods: Sequence[Method], path: Path, title: str,
+                reference_label: str = "IVLP") -> Optional[Path]:
+    """The paired differences as a forest plot: per method its mean HM - reference, the 95% t
+    interval over cells (thick) and the 95% bootstrap over test clips (thin, just below), and a
+    line at zero. The picture of a one-point question: bars from zero would hide it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in methods if m.name in comparison]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(shown) + 1.4))
+    for y, m in enumerate(reversed(shown)):
+        c = comparison[m.name]
+        cell, clip = c["cells"], c.get("clips")
+        colour = "tab:red" if cell["excludes_zero"] else "tab:blue"
+        if math.isfinite(cell["low"]):
+            ax.plot([cell["low"], cell["high"]], [y, y], color=colour, linewidth=3, solid_capstyle="butt",
+                    label="95% interval over cells" if y == 0 else None)
+        if clip is not None:
+            ax.plot([clip["low"], clip["high"]], [y - 0.22, y - 0.22], color="black", linewidth=1,
+                    label="95% bootstrap over test clips" if y == 0 else None)
+        ax.plot([cell["mean"]], [y], "o", color=colour, markersize=5)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f"{m.name} (n={comparison[m.name]['cells']['n']})" for m in reversed(shown)], fontsize=8)
+    ax.set_xlabel(f"HM - {reference_label} HM (top-1 points); red: interval over cells excludes 0")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # off the data
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
+    plt.close(fig)
+    return path
+
+
 def _interval(iv: Optional[dict]) -> str:
     if iv is None:
         return "-"
@@ -145,22 +205,24 @@ def format_comparison(comparison: dict, methods: Sequence[Method], reference_lab
 
 
 def readings(comparison: dict, methods: Sequence[Method], reference_short: str = "IVLP") -> list[str]:
-    """One line per method: ``GA2 vs IVLP: +x HM, 95% interval [a, b] ...`` and what it says."""
+    """One line per method: ``GA2 vs IVLP: +x HM, 95% interval [a, b] ...`` and what it says
+    (against each row's own ``plain`` method where the comparison names one)."""
     out = []
     for m in methods:
         c = comparison.get(m.name)
         if c is None:
             continue
+        ref = c.get("plain", reference_short)
         cell, clip = c["cells"], c.get("clips")
         if cell["excludes_zero"]:
-            verdict = (f"{'better' if cell['mean'] > 0 else 'worse'} than {reference_short} "
+            verdict = (f"{'better' if cell['mean'] > 0 else 'worse'} than {ref} "
                        "(the interval over cells excludes 0)")
         elif clip is not None and clip["excludes_zero"]:
-            verdict = (f"{'above' if clip['mean'] > 0 else 'below'} {reference_short} on these test clips only "
+            verdict = (f"{'above' if clip['mean'] > 0 else 'below'} {ref} on these test clips only "
                        "(the interval over cells includes 0)")
         else:
-            verdict = f"not distinguishable from {reference_short} (both intervals include 0)"
-        line = (f"{m.name} vs {reference_short}: {cell['mean']:+.1f} HM, 95% interval {_interval(cell)} over "
+            verdict = f"not distinguishable from {ref} (both intervals include 0)"
+        line = (f"{m.name} vs {ref}: {cell['mean']:+.1f} HM, 95% interval {_interval(cell)} over "
                 f"{cell['n']} cell(s)")
         if clip is not None:
             line += f", {_interval(clip)} over test clips"

@@ -84,11 +84,14 @@ def _evaluate(cfg: TrainConfig, template: str, prompts: Optional[str] = None) ->
     """The config's evaluation sets scored with a prompt file, or (``None``) with the frozen model
     and the hand-crafted template."""
     ctx = setup_distributed(cfg.run.device)
+    datasets = build_datasets(cfg, train=False)
     if prompts is not None:
         model = build_wrapper(cfg, ctx.device, prompts=prompts)
+        if datasets.descriptions is not None:  # this dataset's own descriptions, not the training set's
+            model.descriptions = datasets.descriptions
     else:
-        model = ZeroShotClassifier.from_wrapper(build_wrapper(cfg, ctx.device), template)
-    return evaluate_sets(model, build_datasets(cfg, train=False), cfg)
+        model = ZeroShotClassifier.from_wrapper(build_wrapper(cfg, ctx.device), template, datasets.descriptions)
+    return evaluate_sets(model, datasets, cfg)
 
 
 @contextlib.contextmanager

@@ -144,7 +144,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--context", type=float, default=None, help="world: probability of a class's own scene")
     g = parser.add_argument_group("what to run")
     g.add_argument("--quick", action="store_true", help="the quick setting (< 5 minutes on 2 cores)")
-    g.add_argument("--methods", nargs="+", default=None, help=f"subset of {list(METHODS)}")
+    g.add_argument("--methods", nargs="+", default=None,
+                   help=f"subset of {list(METHODS)}; any method also as NAME+desc (its description row)")
+    g.add_argument("--descriptions", action="store_true",
+                   help="also run every chosen method with class descriptions (a NAME+desc row beside each): "
+                        "the world's paraphrase sets, or each dataset's 'descriptions' file in --data-config")
     g.add_argument("--datasets", nargs="+", default=None, help="subset of the datasets")
     g.add_argument("--splits", type=int, default=None,
                    help=f"number of training splits (default {SPLITS['full']}, quick {SPLITS['quick']})")

@@ -24,6 +24,9 @@ def describe(path: str, pf) -> list[str]:
             value = f"{len(value)}: {', '.join(value)}"
         elif key == "eval_classnames":
             value = "; ".join(f"{name} ({len(names)}): {', '.join(names)}" for name, names in value.items())
+        elif key == "descriptions":  # what the prompts were trained and evaluated with, per class
+            value = (f"{len(value)} classes, {sum(len(d) for d in value.values())} descriptions: "
+                     + "; ".join(f"{name}: {' | '.join(d)}" for name, d in value.items()))
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         lines.append(f"  [{key}] {value}")

@@ -24,6 +24,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--classes", default=None,
                         help="classes to score: a label CSV (id,name), 'a,b,c', or a recorded set "
                              f"({', '.join(CLASS_SETS)}); default: the training classes")
+    parser.add_argument("--descriptions", default=None, metavar="FILE",
+                        help="class descriptions (CSV class,description or JSON) to score classes by; "
+                             "default: those the prompt file records, else the class names")
     parser.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="also write every probability here")
     parser.add_argument("--config", default=None, help="YAML config naming the backbone, if the prompt file "
@@ -38,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     files = video_files(args.videos)
     predictor = Predictor(args.prompts, classes=args.classes, config=args.config, device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, descriptions=args.descriptions)
     logger.info("%s", predictor.summary(len(files)))
     results = predictor.predict(files, topk=args.topk, progress=True)
     for r in results:

@@ -118,6 +118,7 @@ class Datasets:
     evals: dict[str, EvalSet] = field(default_factory=dict)
     anchor: Optional[Dataset] = None
     anchor_labels: Optional[list[str]] = None
+    descriptions: Optional[dict[str, tuple[str, ...]]] = None  # class -> its descriptions (data.descriptions)
 
     @property
     def base_to_novel(self) -> bool:
@@ -184,6 +185,7 @@ def build_datasets(cfg: TrainConfig, *, train: bool = True) -> Datasets:
         ds.anchor_labels = list(ds.anchor.classnames)
     elif train and a.world:
         ds.anchor, ds.anchor_labels = _world_anchors(cfg)
+    ds.descriptions = _descriptions(ds, cfg)
     if ds.train is not None:
         _check_nonempty(ds.train, "data.train_list")
     for name, ev in ds.evals.items():
@@ -192,6 +194,29 @@ def build_datasets(cfg: TrainConfig, *, train: bool = True) -> Datasets:
         _check_nonempty(ds.anchor, "anchors.list")
         _check_anchor_overlap(ds, cfg)
     return ds
+
+
+def _descriptions(ds: Datasets, cfg: TrainConfig) -> Optional[dict[str, tuple[str, ...]]]:
+    """The descriptions of every trained and evaluated class (``data.descriptions`` or the world's
+    paraphrases), checked against those classes; ``None`` when none are configured."""
+    d = cfg.data
+    classes = list(dict.fromkeys([*ds.classnames, *(n for ev in ds.evals.values() for n in ev.classnames)]))
+    if d.world is not None and d.world.descriptions:
+        from promptcouple import world
+
+        if d.world.dataset not in world.dataset_names():
+            raise ConfigError(f"data.world.descriptions: the world has description sets for {world.dataset_names()}, "
+                              f"not {d.world.dataset!r}; fix: descriptions: false")
+        sets = world.class_descriptions(d.world.dataset)
+        return {n: tuple(sets[n]) for n in classes}
+    if d.descriptions is None:
+        return None
+    from promptcouple.descriptions import read_descriptions
+
+    try:
+        return read_descriptions(d.descriptions, classes)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.descriptions: {err}") from None
 
 
 def _names(labels: Optional[str], list_file: Optional[str]) -> list[str]:

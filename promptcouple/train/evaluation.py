@@ -330,10 +330,11 @@ def check_report_dir(path: PathLike, name: str = "report_dir") -> None:
 
 
 def zero_shot_classifier(wrapper: nn.Module) -> nn.Module:
-    """The frozen backbone inside ``wrapper``, prompts off, scored with the hand-crafted template."""
+    """The frozen backbone inside ``wrapper``, prompts off, scored with the hand-crafted template
+    (filled with each class's descriptions where the wrapper has them)."""
     from promptcouple.world.model import ZeroShotClassifier
 
-    return ZeroShotClassifier.from_wrapper(wrapper)
+    return ZeroShotClassifier.from_wrapper(wrapper, descriptions=getattr(wrapper, "descriptions", None))
 
 
 def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[PathLike] = None, *,
@@ -371,6 +372,8 @@ def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[Path
             logger.info("eval: %s on %s; model %s; %s; device %s x %d", what, sets, cfg.model.name,
                         f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
         wrapper = build_wrapper(cfg, ctx.device, prompts=prompts)
+        if datasets.descriptions is not None:  # the config's (data.descriptions) over the prompt file's record
+            wrapper.descriptions = datasets.descriptions
         model = wrapper if prompts is not None else zero_shot_classifier(wrapper)
         results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=report_dir)
         if ctx.is_main:

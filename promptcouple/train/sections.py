@@ -102,6 +102,8 @@ class WorldDataConfig:
             evaluation cheaper (the benchmarks' time budgets) and noisier.
         shift: Domain shift from the world CLIP's pretraining style (``None``: the world's default).
         context: Probability that a clip shows its class's own scene (``None``: the default).
+        descriptions: Encode each class as its world description set (the class name and its
+            motion paraphrases, ``promptcouple.world.class_descriptions``) instead of its name alone.
     """
 
     dataset: str = ""
@@ -112,6 +114,7 @@ class WorldDataConfig:
     test_per_class: Optional[int] = None
     shift: Optional[float] = None
     context: Optional[float] = None
+    descriptions: bool = False
 
     def check(self) -> None:
         need(bool(self.dataset), "data.world.dataset", "names the world dataset and is required")
@@ -148,6 +151,10 @@ class DataConfig:
         flip: Random horizontal flips in training (off: they reverse "left"/"right" classes).
         grayscale: Probability of a grayscale training clip (GA2-CLIP uses 0.2).
         world: Generated world dataset instead of list files.
+        descriptions: Description file of the dataset's classes (CSV ``class,description`` per row,
+            or JSON ``{class: [descriptions]}``, :mod:`promptcouple.descriptions`): each class is
+            encoded as the mean of its descriptions' normalised prompted features, in training and
+            evaluation, and the prompt file records them. ``None``: the class name alone.
     """
 
     train_list: Optional[str] = path_field(default=None)
@@ -164,6 +171,7 @@ class DataConfig:
     flip: bool = False
     grayscale: float = 0.0
     world: Optional[WorldDataConfig] = None
+    descriptions: Optional[str] = path_field(default=None)
 
     def check(self) -> None:
         need(self.num_frames >= 1, "data.num_frames", f"must be >= 1, got {self.num_frames}")
@@ -180,6 +188,8 @@ class DataConfig:
             need(self.train_list is None, "data.world",
                  "give either data.world or list files (data.train_list), not both")
             self.world.check()
+            need(not (self.descriptions and self.world.descriptions), "data.descriptions",
+                 "give either a description file or data.world.descriptions: true, not both")
         need(self.crop in ("multiscale", "random_resized"), "data.crop",
              f"must be 'multiscale' or 'random_resized', got {self.crop!r}")
         need(0 <= self.grayscale <= 1, "data.grayscale", f"must be a probability in [0, 1], got {self.grayscale}")

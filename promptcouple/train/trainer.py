@@ -142,6 +142,8 @@ class Trainer(ResumableRun):
             write_run_config(cfg, self.output_dir)  # so that eval and predict need no repeated --set
 
         self.wrapper = build_wrapper(cfg, ctx.device)
+        # Training, every evaluation and the prompt file's record use the configured descriptions.
+        self.wrapper.descriptions = ds.descriptions
         self.regularizer = None
         if ds.anchor is not None:
             a = cfg.anchors

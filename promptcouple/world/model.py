@@ -119,25 +119,31 @@ class ZeroShotClassifier(torch.nn.Module):
         encode_texts: Texts -> ``(K, D)`` features of the frozen text tower.
         score: ``(frames, normalised class features) -> (B, K)`` scores.
         template: The hand-crafted prompt, with ``{}`` for the class name.
+        descriptions: ``{class: [description, ...]}``: such a class is the mean of the normalised
+            features of the template filled with each description (renormalised), as the prompted
+            wrapper averages them; the other classes keep their name.
     """
 
     def __init__(self, model: torch.nn.Module, encode_texts: Callable[[list], torch.Tensor],
-                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], template: str = ZERO_SHOT_TEMPLATE):
+                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], template: str = ZERO_SHOT_TEMPLATE,
+                 descriptions: Optional[Dict[str, Sequence[str]]] = None):
         super().__init__()
         self.model = model
         self.template = template
         self._encode_texts, self._score = encode_texts, score
         self._class_features: Dict[tuple, torch.Tensor] = {}
+        self.descriptions = descriptions
 
     @classmethod
-    def from_wrapper(cls, wrapper: torch.nn.Module, template: str = ZERO_SHOT_TEMPLATE) -> "ZeroShotClassifier":
+    def from_wrapper(cls, wrapper: torch.nn.Module, template: str = ZERO_SHOT_TEMPLATE,
+                     descriptions: Optional[Dict[str, Sequence[str]]] = None) -> "ZeroShotClassifier":
         """The host inside a :class:`promptcouple.CouplingPromptWrapper`, its prompts switched off:
         logits as the wrapper computes them (logit scale and bias included)."""
         def score(frames: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
             with wrapper.prompts_disabled():
                 return wrapper.logits(wrapper.encode_video(frames), text)
 
-        return cls(wrapper, wrapper.encode_frozen_text, score, template)
+        return cls(wrapper, wrapper.encode_frozen_text, score, template, descriptions)
 
     @classmethod
     def from_clip(cls, model: CLIP, tokenizer, template: str = ZERO_SHOT_TEMPLATE) -> "ZeroShotClassifier":
@@ -153,11 +159,18 @@ class ZeroShotClassifier(torch.nn.Module):
 
     @torch.no_grad()
     def class_features(self, classnames: Sequence[str]) -> torch.Tensor:
-        """L2-normalised ``(K, D)`` features of the template filled with each class name."""
-        key = tuple(classnames)
+        """L2-normalised ``(K, D)`` features of the template filled with each class name (or the
+        renormalised mean over the class's descriptions)."""
+        d = self.descriptions or {}
+        phrases = [tuple(d[n]) if n in d else (n,) for n in classnames]
+        key = (tuple(classnames), tuple(phrases))
         if key not in self._class_features:
-            texts = fill_template(self.template, classnames)
-            self._class_features[key] = F.normalize(self._encode_texts(texts).float(), dim=-1)
+            flat = [p for ps in phrases for p in ps]  # one text pass over every description
+            feats = F.normalize(self._encode_texts(fill_template(self.template, flat)).float(), dim=-1)
+            owner = torch.repeat_interleave(torch.arange(len(phrases)), torch.tensor([len(p) for p in phrases]))
+            mean = torch.zeros(len(phrases), feats.shape[1], device=feats.device).index_add_(0, owner.to(feats.device),
+                                                                                           feats)
+            self._class_features[key] = F.normalize(mean, dim=-1)
         return self._class_features[key]
 
     @torch.no_grad()
