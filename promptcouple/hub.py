@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -236,6 +237,12 @@ def save_pretrained(source, directory: PathLike, *, results: Optional[dict] = No
     from promptcouple.io import PromptFile, check_prompt_tensors, read_prompt_file
 
     directory = Path(directory)
+    if directory.suffix == ".safetensors" and hasattr(source, "save_prompts"):
+        # What wrapper.save_pretrained(path) did before it wrote a folder: kept for a release.
+        warnings.warn(f"save_pretrained({str(directory)!r}): save_pretrained now writes a folder ({PROMPTS_NAME} and "
+                      f"{CARD_NAME}); for one file use save_prompts, which this call did", FutureWarning, stacklevel=3)
+        source.save_prompts(directory)
+        return directory
     if directory.suffix == ".safetensors" or directory.is_file():
         raise InvalidInputError(f"save_pretrained: {directory} names a file; it takes a folder (it writes "
                                 f"{PROMPTS_NAME} and {CARD_NAME} there); for one file use save_prompts")
@@ -274,6 +281,7 @@ def from_pretrained(cls, model, source, *, hard_prompts=None, revision: Optional
     kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
     wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
     wrapper.load_prompts(pf)
+    wrapper.descriptions = json.loads(pf.metadata.get("descriptions", "null"))  # those it was trained with
     return wrapper
 
 

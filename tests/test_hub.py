@@ -59,7 +59,7 @@ def test_prompt_file_and_reference_checkpoint_load_from_an_offline_cache(tmp_pat
     with torch.no_grad():
         expected = wrapper(x, CLASSES)
     for source in ("org/prompts", "hf-hub:org/prompts", "hf-hub:org/prompts/prompts.safetensors"):
-        clone = hub.from_pretrained(pc.CouplingPromptWrapper, make_host("open_clip"), source, tokenizer=tokenizer).eval()
+        clone = pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), source, tokenizer=tokenizer).eval()
         with torch.no_grad():
             assert torch.equal(clone(x, CLASSES), expected), source
     pf = pc.read_prompt_file("hf-hub:org/prompts/prompts.safetensors")
@@ -73,7 +73,7 @@ def test_prompt_file_and_reference_checkpoint_load_from_an_offline_cache(tmp_pat
     assert len(cached) == 1 and cached[0].name == hashlib.sha256((tmp_path / "ga2.pth").read_bytes()).hexdigest() \
         + ".safetensors"
     mtime = cached[0].stat().st_mtime_ns
-    clone = hub.from_pretrained(pc.CouplingPromptWrapper, make_host("open_clip"), "hf-hub:org/prompts/s2/ga2_hmdb.pth",
+    clone = pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), "hf-hub:org/prompts/s2/ga2_hmdb.pth",
                                 tokenizer=tokenizer, hard_prompts=wrapper.prompts.hard).eval()
     assert cached[0].stat().st_mtime_ns == mtime  # not converted again
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_push_to_hub_uploads_the_file_and_its_card(tmp_path, tokenizer, monkeypa
 
         def upload_folder(self, repo_id, folder_path, **kwargs):
             calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path)), kwargs))
-            shutil.copytree(folder_path, tmp_path / "uploaded")
+            shutil.copytree(folder_path, tmp_path / "uploaded", dirs_exist_ok=True)
             return type("CommitInfo", (), {"commit_url": f"https://hf.co/{repo_id}/commit/1"})()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
@@ -146,6 +146,10 @@ def test_push_to_hub_uploads_the_file_and_its_card(tmp_path, tokenizer, monkeypa
 
     with pytest.raises(pc.PromptcoupleError, match="expected 'org/name'"):
         hub.push_to_hub(folder, "no-slash")
+    calls.clear()
+    wrapper = trained_wrapper(tokenizer)
+    assert wrapper.push_to_hub("me/other", private=False).endswith("me/other/commit/1")
+    assert calls[1] == ("create_repo", "me/other", {"repo_type": "model", "private": False, "exist_ok": True})
 
 
 def test_save_pretrained_writes_the_repo_layout_and_from_pretrained_reads_it(tmp_path, tokenizer):
@@ -154,15 +158,18 @@ def test_save_pretrained_writes_the_repo_layout_and_from_pretrained_reads_it(tmp
     assert sorted(os.listdir(out)) == ["README.md", "prompts.safetensors"]
     check_card((out / "README.md").read_text(), "me/hmdb-s1")
 
-    hub.save_pretrained(wrapper, tmp_path / "from_wrapper")  # a wrapper: no run, no results section
+    wrapper.save_pretrained(tmp_path / "from_wrapper")  # a wrapper: no run, no results section
     card = (tmp_path / "from_wrapper" / "README.md").read_text()
     assert "## Results" not in card and "not recorded" in card
     x = torch.randn(1, 2, 3, 32, 32)
     for source in (tmp_path / "from_wrapper", str(tmp_path / "from_wrapper" / "prompts.safetensors")):
-        clone = hub.from_pretrained(pc.CouplingPromptWrapper, make_host("open_clip"), source, tokenizer=tokenizer)
+        clone = pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), source, tokenizer=tokenizer)
         with torch.no_grad():
             assert torch.equal(clone.eval()(x, CLASSES), wrapper(x, CLASSES))
+    with pytest.warns(FutureWarning, match="now writes a folder"):  # the old meaning, for a release
+        wrapper.save_pretrained(tmp_path / "p.safetensors")
+    assert torch.equal(pc.read_prompt_file(tmp_path / "p.safetensors").tensors["text.ctx"], wrapper.prompts.ctx)
     with pytest.raises(pc.PromptcoupleError, match="takes a folder"):
-        hub.save_pretrained(wrapper, tmp_path / "p.safetensors")
+        hub.save_pretrained(tmp_path / "p.safetensors", tmp_path / "q.safetensors")
     with pytest.raises(FileNotFoundError, match="without prompts.safetensors"):
         hub.resolve_prompt_source(tmp_path / "runs")

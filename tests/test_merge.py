@@ -29,13 +29,14 @@ def test_merged_file_gives_the_coupled_logits_without_coupling_tensors(tmp_path,
     assert record == {"source": str(src), "sha256": sha256_of(src), "coupled": True}
 
     # Loaded into a fresh wrapper of the same backbone: IVLP-shaped (no hard prompt), same logits.
-    plain = hub.from_pretrained(pc.CouplingPromptWrapper, make_host(host), dst, tokenizer=tokenizer).eval()
+    plain = pc.CouplingPromptWrapper.from_pretrained(make_host(host), dst, tokenizer=tokenizer).eval()
     assert not plain.prompts.coupled
     x = torch.randn(2, 2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(plain(x, CLASSES), wrapper(x, CLASSES), atol=1e-6, rtol=0)
     # The same from a wrapper in memory, and from the hub module's folder layout.
-    in_memory = merged(wrapper)
+    in_memory = wrapper.merged()
+    assert torch.equal(merged(wrapper).tensors["text.ctx"], in_memory.tensors["text.ctx"])
     assert torch.equal(in_memory.tensors["text.ctx"], pf.tensors["text.ctx"])
     hub.save_pretrained(in_memory, tmp_path / "folder")
     again = pc.read_prompt_file(tmp_path / "folder" / "prompts.safetensors")
@@ -56,8 +57,8 @@ def test_a_converted_checkpoint_merges_with_its_hard_prompt(tmp_path, tokenizer)
     wrapper.prompts.hard.copy_(hard_ctx)  # the run the checkpoint came from was coupled to this hard prompt
     assert cli(["merge", str(tmp_path / "ga2.safetensors"), str(tmp_path / "m.safetensors"),
                 "--hard-prompt", str(hard)]) == 0
-    plain = hub.from_pretrained(pc.CouplingPromptWrapper, make_host("open_clip"), tmp_path / "m.safetensors",
-                                tokenizer=tokenizer).eval()
+    plain = pc.CouplingPromptWrapper.from_pretrained(make_host("open_clip"), tmp_path / "m.safetensors",
+                                                     tokenizer=tokenizer).eval()
     x = torch.randn(1, 2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(plain(x, CLASSES), wrapper.eval()(x, CLASSES), atol=1e-6, rtol=0)
