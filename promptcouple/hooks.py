@@ -28,18 +28,20 @@ class PromptHooks:
     ``prompts``, ``config``, ``_ctx_start`` and ``_active``)."""
 
     def _register_hooks(self) -> list:
-        text, vision, cfg = self.host.text, self.host.vision, self.config
+        """Hooks at every site any prompt set could need (every text block, and the whole vision
+        path where the host has one): a set of another depth is then switched in without touching
+        the host, and a hook past the active set's depth returns at once."""
+        text, vision = self.host.text, self.host.vision
         handles = [text.embedding.register_forward_hook(self._text_context_hook)]
-        for layer in range(1, cfg.text_depth):
+        for layer in range(1, len(text.blocks)):
             hook = partial(self._text_deep_hook, layer)
             handles.append(text.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
-        if cfg.has_vision_prompts:
+        if vision is not None:
             if vision.insert_on == "input":
                 handles.append(vision.insert.register_forward_pre_hook(self._vision_insert_pre_hook, with_kwargs=True))
             else:
                 handles.append(vision.insert.register_forward_hook(self._vision_insert_post_hook))
-            adjust = self.host.needs_block_adjustment
-            for layer in range(0 if adjust else 1, len(vision.blocks) if adjust else cfg.vision_depth):
+            for layer in range(0 if self.host.needs_block_adjustment else 1, len(vision.blocks)):
                 hook = partial(self._vision_deep_hook, layer)
                 handles.append(vision.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
             if vision.strip_on == "input":
@@ -59,7 +61,7 @@ class PromptHooks:
         return torch.cat([out[:, :s], ctx, out[:, s + n:]], dim=1)
 
     def _text_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
+        if not self._active or layer >= self.config.text_depth:
             return None
         x, rebuild = hidden_states(args, kwargs)
         s, n = self._ctx_start, self.config.n_ctx
@@ -78,25 +80,28 @@ class PromptHooks:
             return torch.cat([x, p], dim=1)
         return torch.cat([x[:, :offset], p, x[:, offset:]], dim=1)
 
+    def _vision_prompted(self) -> bool:
+        return self._active and self.config.has_vision_prompts
+
     def _vision_insert_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
+        if not self._vision_prompted():
             return None
         x, rebuild = hidden_states(args, kwargs)
         return rebuild(self._insert(x))
 
     def _vision_insert_post_hook(self, module: nn.Module, args: tuple, out: Any):
-        if not self._active:
+        if not self._vision_prompted():
             return None
         return map_sequence(out, self._insert)
 
     def _vision_deep_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
+        if not self._vision_prompted():
             return None
-        n = self.config.n_vision_ctx
-        if self.host.needs_block_adjustment:
-            args, kwargs = self.host.adjust_block(args, kwargs, n)
+        adjust = self.host.needs_block_adjustment
+        if adjust:
+            args, kwargs = self.host.adjust_block(args, kwargs, self.config.n_vision_ctx)
         if not 1 <= layer < self.config.vision_depth:
-            return args, kwargs
+            return (args, kwargs) if adjust else None
         x, rebuild = hidden_states(args, kwargs)
         seq_first = self.host.vision.seq_first
         a, b = self._vision_slice(x.shape[0 if seq_first else 1])
@@ -112,13 +117,13 @@ class PromptHooks:
         return torch.cat([x[:a], x[b:]], dim=0) if seq_first else torch.cat([x[:, :a], x[:, b:]], dim=1)
 
     def _vision_strip_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if not self._active:
+        if not self._vision_prompted():
             return None
         x, rebuild = hidden_states(args, kwargs)
         return rebuild(self._strip(x))
 
     def _vision_strip_post_hook(self, module: nn.Module, args: tuple, out: Any):
-        if not self._active:
+        if not self._vision_prompted():
             return None
         return map_sequence(out, self._strip)
 
