@@ -30,13 +30,14 @@ from promptcouple.errors import InvalidInputError, InvalidTypeError, RunError
 from promptcouple.fileio import PathLike
 from promptcouple.hooks import PromptHooks, refuse_intermediates
 from promptcouple.host_state import HostState
+from promptcouple.prompt_sets import DEFAULT_SET, PromptSet, PromptSets
 from promptcouple.prompts import HardPrompts, PromptLearner, resolve_hard_prompts
 from promptcouple.tokenize import PromptTokenizer
 
 __all__ = ["CouplingPromptWrapper", "check_classnames", "length_groups"]
 
 
-class CouplingPromptWrapper(PromptHooks, nn.Module):
+class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
     """Prompt-tune a frozen CLIP-style model: ``CouplingPromptWrapper(model, config, hard_prompts=...)``.
 
     Args:
@@ -65,11 +66,6 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         super().__init__()
         _refuse_double_wrap(model)
         host = resolve_host(model)
-        config = config if config is not None else CouplingConfig()
-        if config.has_vision_prompts and host.vision is None:
-            raise UnsupportedHostError(
-                f"{host.vision_refusal or host.family + ' has no vision prompt site'}; this config asks for "
-                f"{config.n_vision_ctx} vision prompt tokens: set n_vision_ctx=0, vision_depth=0 (text prompts only)")
         self.model = model
         self.host: HostAdapter = host
         self.tokenizer = PromptTokenizer(tokenizer if tokenizer is not None else host.default_tokenizer(),
@@ -77,10 +73,10 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.short_text = short_text
         self._active = True
         self._wrapped = True
-        # The active prompt set: its tensors (``prompts``), its class prompts and token ids, and
-        # its class features cached for evaluation.
-        self.prompts, self._class_prompts = self._new_prompt_set(config, hard_prompts)
-        self._feature_cache: dict[tuple, torch.Tensor] = {}
+        # Named prompt sets (prompt_sets.py); the active one is ``prompts`` (registered), with its
+        # class prompts and token ids (``_class_prompts``) and cached class features.
+        self._sets: dict[str, PromptSet] = {DEFAULT_SET: self._prompt_set(config, hard_prompts)}
+        self._switch(DEFAULT_SET)
         self._descriptions: Optional[dict[str, tuple[str, ...]]] = None
 
         # Freeze the host, remembering its flags and modes so that unwrap() restores them exactly.
@@ -119,15 +115,20 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         """Index of the first context token in the active set's token ids."""
         return self._class_prompts.ctx_start
 
-    def _new_prompt_set(self, config: CouplingConfig, hard_prompts: HardPrompts) -> tuple[PromptLearner, ClassPrompts]:
+    def _prompt_set(self, config: Optional[CouplingConfig], hard_prompts: HardPrompts) -> PromptSet:
         """A prompt set's tensors and class prompts for ``config``, checked against the host."""
         host = self.host
+        config = config if config is not None else CouplingConfig()
+        if config.has_vision_prompts and host.vision is None:
+            raise UnsupportedHostError(
+                f"{host.vision_refusal or host.family + ' has no vision prompt site'}; this config asks for "
+                f"{config.n_vision_ctx} vision prompt tokens: set n_vision_ctx=0, vision_depth=0 (text prompts only)")
         config, ctx_init = self._resolve_context(config)
         self._check_depths(config)
         hard = resolve_hard_prompts(hard_prompts, (config.n_ctx, host.text.width))
         vision_width = host.vision.width if host.vision is not None else 0
         learner = PromptLearner(config, host.text.width, vision_width, ctx_init, hard).to(host.parameter.device)
-        return learner, ClassPrompts(self.tokenizer, learner.config, host.text.context_length)
+        return PromptSet(learner, ClassPrompts(self.tokenizer, learner.config, host.text.context_length))
 
     def _resolve_context(self, config: CouplingConfig) -> tuple[CouplingConfig, Optional[torch.Tensor]]:
         if config.ctx_init is None:
@@ -374,7 +375,8 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
     def clear_cache(self) -> None:
         """Forget cached class features: needed only after replacing host weights through ``p.data = ...``
         (in-place edits, ``load_state_dict``, dtype and device changes are part of the cache key)."""
-        self._feature_cache.clear()
+        for prompt_set in self._sets.values():  # every set's features came from the host's weights
+            prompt_set.features.clear()
 
     # ------------------------------------------------------------------------------------- I/O
 
@@ -384,9 +386,24 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
 
         save_prompts(self, path)
 
-    def save_pretrained(self, path: PathLike) -> None:
-        """:meth:`save_prompts` under the name that pairs with :meth:`from_pretrained` (as in peft)."""
-        self.save_prompts(path)
+    def save_pretrained(self, directory: PathLike, **kwargs: Any) -> None:
+        """Write ``directory/prompts.safetensors`` and its model card ``README.md``, the layout
+        :meth:`from_pretrained` and the Hub read (as peft; :func:`promptcouple.hub.save_pretrained`)."""
+        from promptcouple.hub import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the prompts with a model card to the Hugging Face Hub (:func:`promptcouple.hub.push_to_hub`)."""
+        from promptcouple.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def merged(self) -> "PromptFile":  # noqa: F821
+        """The prompts with the coupled context computed once: a plain prompt file (:mod:`promptcouple.merge`)."""
+        from promptcouple.merge import merged
+
+        return merged(self)
 
     def load_prompts(self, source: Union[PathLike, "PromptFile"]) -> None:  # noqa: F821
         """Load prompt tensors from a prompt file, checking every key and shape first."""
@@ -396,22 +413,14 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.clear_cache()
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path: PathLike, *, hard_prompts: HardPrompts = None,
+    def from_pretrained(cls, model: nn.Module, source: Union[PathLike, str], *, hard_prompts: HardPrompts = None,
                         **kwargs: Any) -> "CouplingPromptWrapper":
-        """Wrap ``model`` with the config, hard prompt and tensors of a prompt file."""
-        from promptcouple.io import read_prompt_file
+        """Wrap ``model`` with the config, hard prompt and tensors of the prompt file ``source`` names:
+        a file, a folder holding ``prompts.safetensors``, ``org/repo`` or ``hf-hub:org/repo[/file]``
+        (:func:`promptcouple.hub.from_pretrained`)."""
+        from promptcouple.hub import from_pretrained
 
-        pf = read_prompt_file(path)
-        if pf.coupled and hard_prompts is None:
-            hard_prompts = pf.tensors.get("text.hard")
-            if hard_prompts is None:
-                raise InvalidInputError(f"{path} was trained with a hard prompt that it does not contain "
-                                 "(converted from a GA2-CLIP checkpoint?); pass hard_prompts=")
-        kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
-        wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
-        wrapper.load_prompts(pf)
-        wrapper.descriptions = json.loads(pf.metadata.get("descriptions", "null"))  # those it was trained with
-        return wrapper
+        return from_pretrained(cls, model, source, hard_prompts=hard_prompts, **kwargs)
 
     # ---------------------------------------------------------------------------------- unwrap
 
@@ -430,7 +439,7 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         self.host.on_unwrap()
         self._host_state.restore()
         self._wrapped = False
-        self._feature_cache.clear()
+        self.clear_cache()
         return self.model
 
     def _check_wrapped(self) -> None:
@@ -451,7 +460,8 @@ class CouplingPromptWrapper(PromptHooks, nn.Module):
         cfg = self.config
         return (f"host={self.host.kind}, n_ctx={cfg.n_ctx}, text_depth={cfg.text_depth}, "
                 f"n_vision_ctx={cfg.n_vision_ctx}, vision_depth={cfg.vision_depth}, "
-                f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}")
+                f"coupled={self.prompts.coupled}, trainable={self.num_trainable_parameters():,}"
+                + (f", prompts={self.active_prompts!r} of {list(self.prompt_sets)}" if len(self._sets) > 1 else ""))
 
 
 
