@@ -294,18 +294,25 @@ class Predictor:
                 prompt_set: Optional[str] = None) -> list[VideoPrediction]:
         """Classify video files; one that cannot be decoded gets an ``error`` (and a warning) instead.
         ``prompt_set``: as in :meth:`probabilities`."""
+        return self.predict_sets(paths, [prompt_set], topk, progress)[prompt_set]
+
+    def predict_sets(self, paths: Sequence[PathLike], prompt_sets: Sequence[Optional[str]], topk: int = 5,
+                     progress: bool = False) -> dict:
+        """:meth:`predict` with several prompt sets, each video decoded once: ``{set: [VideoPrediction]}``."""
         from promptcouple.data import DECODE_ERRORS
 
         k = min(topk, len(self.classnames))
-        out: list[VideoPrediction] = []
+        out: dict = {name: [] for name in prompt_sets}
         batch: list[tuple[str, torch.Tensor]] = []
 
         def flush() -> None:
-            probs = self.probabilities(torch.stack([f for _, f in batch]), prompt_set=prompt_set).cpu()
-            for (video, _), p in zip(batch, probs):
-                top = p.topk(k)
-                out.append(VideoPrediction(video, [(self.classnames[i], float(v)) for v, i in
-                                                   zip(top.values.tolist(), top.indices.tolist())], p.tolist()))
+            frames = torch.stack([f for _, f in batch])
+            for name in prompt_sets:
+                probs = self.probabilities(frames, prompt_set=name).cpu()
+                for (video, _), p in zip(batch, probs):
+                    top = p.topk(k)
+                    out[name].append(VideoPrediction(video, [(self.classnames[i], float(v)) for v, i in
+                                                             zip(top.values.tolist(), top.indices.tolist())], p.tolist()))
             batch.clear()
 
         for path in tqdm(paths, desc="predict", leave=False, disable=not progress):
@@ -316,7 +323,8 @@ class Predictor:
                                path, type(err).__name__, err)
                 if batch:
                     flush()
-                out.append(VideoPrediction(str(path), error=f"{type(err).__name__}: {err}"))
+                for name in prompt_sets:
+                    out[name].append(VideoPrediction(str(path), error=f"{type(err).__name__}: {err}"))
                 continue
             if len(batch) == self.batch_size:
                 flush()

@@ -45,30 +45,37 @@ def served(tmp_path_factory):
         for p in wrapper.trainable_parameters():
             p.add_(torch.randn_like(p))
     save_prompts(wrapper, d / "s1.safetensors", run_info=run_info(cfg, CLASSES, {}))
-    predictor = Predictor(d / "s1.safetensors", device="cpu")
+    with torch.no_grad():  # a second prompt set on the same backbone, shown beside the first
+        for p in wrapper.trainable_parameters():
+            p.add_(torch.randn_like(p))
+    save_prompts(wrapper, d / "s2.safetensors", run_info=run_info(cfg, CLASSES, {}))
+    predictor = Predictor([d / "s1.safetensors", d / "s2.safetensors"], device="cpu")
     clips = example_videos(str(d / "clips"), 2)
     page = build_demo(predictor, clips)
     port = free_port()
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield {"url": f"http://127.0.0.1:{port}/", "prompts": d / "s1.safetensors", "clips": clips, "dir": d}
+    yield {"url": f"http://127.0.0.1:{port}/", "prompts": [d / "s1.safetensors", d / "s2.safetensors"], "clips": clips,
+           "dir": d}
     page.close()
 
 
 def test_the_client_gets_the_top5_predict_prints(served, capsys):
     client = gradio_client.Client(served["url"], verbose=False)
     clip = served["clips"][1]
-    frames, ours, zero = client.predict(gradio_client.handle_file(clip), ", ".join(CLASSES), ["s1", ZERO_SHOT],
-                                        api_name="/classify")
+    frames, *columns = client.predict(gradio_client.handle_file(clip), ", ".join(CLASSES), ["s1", "s2", ZERO_SHOT],
+                                      api_name="/classify")
     assert len(frames) == 4  # the frames the model sampled
     with pytest.raises(Exception, match="at least two"):  # the typed error's message reaches the page
         client.predict(gradio_client.handle_file(clip), "red", ["s1"], api_name="/classify")
-    assert cli(["predict", clip, "--prompts", str(served["prompts"]), "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()[-1]  # "clip1.mp4: green 0.358, red 0.288, ..."
-    shown = ", ".join(f"{c['label']} {c['confidence']:.3f}" for c in ours["value"]["confidences"])
-    assert printed == f"{clip}: {shown}"
+    for prompts, column in zip(served["prompts"], columns):  # each set as `predict` prints it for its file alone
+        assert cli(["predict", clip, "--prompts", str(prompts), "--device", "cpu"]) == 0
+        printed = capsys.readouterr().out.strip().splitlines()[-1]  # "clip1.mp4: green 0.358, red 0.288, ..."
+        shown = ", ".join(f"{c['label']} {c['confidence']:.3f}" for c in column["value"]["confidences"])
+        assert printed == f"{clip}: {shown}"
+    assert columns[0] != columns[1]
     # zero-shot: the frozen backbone with the template, as Predictor scores it
-    expected = Predictor(served["prompts"], device="cpu").predict([clip], prompt_set=ZERO_SHOT)[0].top
-    got = [(c["label"], c["confidence"]) for c in zero["value"]["confidences"]]
+    expected = Predictor(served["prompts"][0], device="cpu").predict([clip], prompt_set=ZERO_SHOT)[0].top
+    got = [(c["label"], c["confidence"]) for c in columns[2]["value"]["confidences"]]
     assert [c for c, _ in got] == [c for c, _ in expected]
     assert max(abs(a - b) for (_, a), (_, b) in zip(got, expected)) < 1e-6
 

@@ -27,8 +27,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("config", nargs="?", default=None, metavar="RUN_OR_CONFIG",
                         help="a run folder (its config.yaml and prompts.safetensors) or a YAML config; "
                              "default: the run folder of --prompts")
-    parser.add_argument("--prompts", default=None,
-                        help="prompt file to evaluate (default: the run folder's; none with a YAML config: zero-shot)")
+    parser.add_argument("--prompts", nargs="+", default=None, metavar="FILE",
+                        help="prompt file to evaluate (default: the run folder's; none with a YAML config: zero-shot); "
+                             "several files trained on one backbone: built once, one table row per file")
     parser.add_argument("--zero-shot", action="store_true",
                         help="evaluate the frozen backbone with the hand-crafted prompt, no prompt file")
     add_overrides(parser, "eval.num_clips=2")
@@ -41,7 +42,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.zero_shot and args.prompts is not None:
         parser.error("--zero-shot evaluates without prompts; give either --zero-shot or --prompts")
-    source = args.config if args.config is not None else args.prompts
+    several = args.prompts is not None and len(args.prompts) > 1
+    source = args.config if args.config is not None else (args.prompts[0] if args.prompts else None)
     if source is None:
         parser.error("give a run folder, a YAML config, or --prompts of a prompt file in its run folder")
     # Output paths first: a wrong one is known before the model is built and every set is scored.
@@ -49,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         check_output_file(args.output, "--output")
     if args.out is not None:
         check_report_dir(args.out, "--out")
-    prompts = args.prompts
+    prompts = args.prompts if several else (args.prompts[0] if args.prompts else None)
     if os.path.isdir(source) or args.config is None:  # a run folder: its resolved config, its prompts
         cfg = load_run_config(source, args.overrides)
         if prompts is None and not args.zero_shot:
@@ -57,7 +59,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         cfg = load_config(source, args.overrides)
     out = args.out
-    if out is None:
+    if out is None and several:  # each file's reports beside it, as for one file; a sub-folder each where they share one
+        from promptcouple.predict import prompt_set_names
+
+        out = [os.path.join(os.path.dirname(str(p)) or ".", "eval") for p in prompts]
+        if len(set(out)) < len(out):
+            out = [os.path.join(folder, name) for folder, name in zip(out, prompt_set_names(prompts))]
+    elif out is None:
         out = os.path.join(os.path.dirname(prompts) or ".", "eval") if prompts is not None else \
             os.path.join(cfg.run.output_dir, "eval_zero_shot")
     evaluate_config(cfg, prompts, output=args.output, report_dir=out)

@@ -20,7 +20,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         epilog="The backbone, frames, image size and class names come from the prompt file (promptcouple "
                "inspect shows them) or from the config.yaml of the run folder it sits in.")
     parser.add_argument("videos", metavar="VIDEO_OR_FOLDER", help="a video file, or a folder of videos (recursive)")
-    parser.add_argument("--prompts", required=True, help="prompt file (.safetensors) written by promptcouple train")
+    parser.add_argument("--prompts", required=True, nargs="+", metavar="FILE",
+                        help="prompt file (.safetensors) written by promptcouple train, a run folder or hf-hub:org/repo; "
+                             "several trained on one backbone: built once, each video shown for each file")
     parser.add_argument("--classes", default=None,
                         help="classes to score: a label CSV (id,name), 'a,b,c', or a recorded set "
                              f"({', '.join(CLASS_SETS)}); default: the training classes")
@@ -40,16 +42,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     from promptcouple.predict import Predictor, video_files
 
     files = video_files(args.videos)
-    predictor = Predictor(args.prompts, classes=args.classes, config=args.config, device=args.device,
+    prompts = args.prompts if len(args.prompts) > 1 else args.prompts[0]
+    predictor = Predictor(prompts, classes=args.classes, config=args.config, device=args.device,
                           batch_size=args.batch_size, descriptions=args.descriptions)
     logger.info("%s", predictor.summary(len(files)))
-    results = predictor.predict(files, topk=args.topk, progress=True)
-    for r in results:
-        shown = f"error: {r.error}" if r.error else ", ".join(f"{c} {p:.3f}" for c, p in r.top)
-        print(f"{r.video}: {shown}")
+    by_set = predictor.predict_sets(files, list(predictor.prompt_sets), topk=args.topk, progress=True)
+    several = len(by_set) > 1
+    for name, results in by_set.items():
+        for r in results:
+            shown = f"error: {r.error}" if r.error else ", ".join(f"{c} {p:.3f}" for c, p in r.top)
+            print(f"[{name}] {r.video}: {shown}" if several else f"{r.video}: {shown}")
     if args.json is not None:
-        record = {"prompts": args.prompts, "classes": predictor.classnames,
-                  "predictions": [r.to_dict(predictor.classnames) for r in results]}
+        def predictions(results):
+            return [r.to_dict(predictor.classnames) for r in results]
+
+        record = {"prompts": prompts, "classes": predictor.classnames, "predictions": predictions(next(iter(by_set.values())))} \
+            if not several else {"prompts": dict(zip(by_set, prompts)), "classes": predictor.classnames,
+                                 "predictions": {n: predictions(rs) for n, rs in by_set.items()}}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
         logger.info("saved to %s", args.json)
-    return 1 if any(r.error for r in results) else 0
+    return 1 if any(r.error for rs in by_set.values() for r in rs) else 0

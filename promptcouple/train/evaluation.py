@@ -337,57 +337,108 @@ def zero_shot_classifier(wrapper: nn.Module) -> nn.Module:
     return ZeroShotClassifier.from_wrapper(wrapper, descriptions=getattr(wrapper, "descriptions", None))
 
 
-def evaluate_config(config: Union[TrainConfig, PathLike], prompts: Optional[PathLike] = None, *,
-                    output: Optional[PathLike] = None, report_dir: Optional[PathLike] = None) -> dict:
+def evaluate_config(config: Union[TrainConfig, PathLike],
+                    prompts: Union[None, PathLike, Sequence[PathLike]] = None, *, output: Optional[PathLike] = None,
+                    report_dir: Union[None, PathLike, Sequence[PathLike]] = None) -> dict:
     """Wrap the configured model with the prompt file ``prompts`` (its own prompt config and hard
     prompt) and evaluate on every configured evaluation set; ``prompts=None``: zero-shot, the frozen
     backbone with the hand-crafted template (``"a video of a {}."``).
 
+    ``prompts`` may be a list of files trained on one backbone: the backbone is built once, each
+    file is a named prompt set (:func:`promptcouple.predict.prompt_set_names`) evaluated in turn,
+    one table row each, and the result is ``{name: results}``; ``report_dir`` is then a folder per
+    file (a list), or one folder holding a sub-folder per name. A file may be a folder holding
+    ``prompts.safetensors`` or ``hf-hub:org/repo``.
+
     Runs under ``torchrun`` as well (every rank scores a shard). Rank 0 writes ``output`` (JSON)
     and, with ``report_dir``, ``metrics.json`` and each set's report (:func:`write_report`) there.
     """
+    from promptcouple.hub import resolve_prompt_source
+    from promptcouple.predict import prompt_set_names
+
+    several = prompts is not None and not isinstance(prompts, (str, os.PathLike))
+    files = [resolve_prompt_source(p) for p in prompts] if several else [prompts]
+    if several and not files:
+        raise InvalidInputError("evaluate_config: an empty list of prompt files; give one or more, or None (zero-shot)")
+    names = prompt_set_names(list(prompts)) if several else [None]
+    if isinstance(report_dir, (list, tuple)):
+        if len(report_dir) != len(files):
+            raise InvalidInputError(f"report_dir: {len(report_dir)} folders for {len(files)} prompt files")
+        dirs = list(report_dir)
+    else:
+        dirs = [Path(report_dir) / n for n in names] if several and report_dir is not None else [report_dir]
     if output is not None:
         check_output_file(output)
-    if report_dir is not None:
-        check_report_dir(report_dir)
+    for folder in dirs:
+        if folder is not None:
+            check_report_dir(folder)
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     check_files(cfg)
-    if prompts is not None and not os.path.isfile(prompts):
-        raise ConfigError(f"--prompts: {str(prompts)!r} does not exist; expected a prompt file "
-                          "(run.output_dir/prompts.safetensors of a finished run); fix: check the path")
-    if prompts is not None:  # prompts on another backbone than they were trained on score nonsense
+    for path in files:
+        if path is None:
+            continue
+        if not os.path.isfile(path):
+            raise ConfigError(f"--prompts: {str(path)!r} does not exist; expected a prompt file "
+                              "(run.output_dir/prompts.safetensors of a finished run); fix: check the path")
         from promptcouple.io import read_prompt_file, run_info_of
         from promptcouple.train.run_info import check_backbone
 
-        check_backbone(cfg, run_info_of(read_prompt_file(prompts).metadata))
+        check_backbone(cfg, run_info_of(read_prompt_file(path).metadata))  # other backbones score nonsense
     datasets = build_datasets(cfg, train=False)
     if not datasets.evals:
         raise ConfigError("data: no evaluation set configured (data.val_list, data.novel_list or data.world)")
     ctx = setup_distributed(cfg.run.device)
     try:
-        if ctx.is_main:
-            sets = ", ".join(f"{n} {len(ev.dataset)} clips / {len(ev.classnames)} classes"
-                             for n, ev in datasets.evals.items())
-            what = f"prompts {prompts}" if prompts is not None else "zero-shot (frozen backbone, no prompts)"
-            logger.info("eval: %s on %s; model %s; %s; device %s x %d", what, sets, cfg.model.name,
-                        f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
-        wrapper = build_wrapper(cfg, ctx.device, prompts=prompts)
+        wrapper = build_wrapper(cfg, ctx.device, prompts=files[0])
         if datasets.descriptions is not None:  # the config's (data.descriptions) over the prompt file's record
             wrapper.descriptions = datasets.descriptions
-        model = wrapper if prompts is not None else zero_shot_classifier(wrapper)
-        results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=report_dir)
-        if ctx.is_main:
-            record = {"prompts": str(prompts) if prompts is not None else None, "eval": results}
+        set_names = [getattr(wrapper, "active_prompts", None)] + names[1:]
+        for name, path in zip(names[1:], files[1:]):
+            wrapper.add_prompts(name, path)
+        table = {}
+        for name, set_name, path, folder in zip(names, set_names, files, dirs):
+            if ctx.is_main:
+                sets = ", ".join(f"{n} {len(ev.dataset)} clips / {len(ev.classnames)} classes"
+                                 for n, ev in datasets.evals.items())
+                what = f"prompts {path}" if path is not None else "zero-shot (frozen backbone, no prompts)"
+                logger.info("eval: %s on %s; model %s; %s; device %s x %d", what, sets, cfg.model.name,
+                            f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
+            if several:
+                wrapper.set_prompts(set_name)
+            model = wrapper if path is not None else zero_shot_classifier(wrapper)
+            results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=folder)
+            table[name] = results
+            if not ctx.is_main:
+                continue
             written = []
-            if output is not None:
+            if output is not None and not several:
+                record = {"prompts": str(path) if path is not None else None, "eval": results}
                 atomic_write_text(output, json.dumps(record, indent=2) + "\n")
                 written.append(str(output))
-            if report_dir is not None:
-                atomic_write_text(Path(report_dir) / METRICS, json.dumps(record, indent=2) + "\n")
-                written.append(f"{report_dir}/ ({', '.join([METRICS] + report_files(datasets.evals))})")
+            if folder is not None:
+                record = {"prompts": str(path) if path is not None else None, "eval": results}
+                atomic_write_text(Path(folder) / METRICS, json.dumps(record, indent=2) + "\n")
+                written.append(f"{folder}/ ({', '.join([METRICS] + report_files(datasets.evals))})")
             logger.info("%s", format_eval(results))
             if written:
                 logger.info("saved to %s", "; ".join(written))
-        return results
+        if ctx.is_main and several:
+            logger.info("%s", format_eval_table(table))
+            if output is not None:
+                record = {"prompts": {n: str(p) for n, p in zip(names, files)}, "eval": table}
+                atomic_write_text(output, json.dumps(record, indent=2) + "\n")
+                logger.info("saved to %s", output)
+        return table if several else table[None]
     finally:
         teardown_distributed(ctx)
+
+
+def format_eval_table(table: dict) -> str:
+    """One row per prompt set: each evaluation set's top-1 and top-5, then HM if there is one."""
+    first = next(iter(table.values()))
+    sets = [k for k, v in first.items() if isinstance(v, dict)]
+    header = ["prompts"] + [f"{s} {m}" for s in sets for m in ("top1", "top5")] + (["HM"] if "hm" in first else [])
+    rows = [[str(name)] + [f"{ev[s][m]:.2f}" for s in sets for m in ("top1", "top5")]
+            + ([f"{ev['hm']:.2f}"] if "hm" in ev else []) for name, ev in table.items()]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows)
