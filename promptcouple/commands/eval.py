@@ -62,11 +62,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if out is None and several:  # each file's reports beside it, as for one file; a sub-folder each where they share one
         from promptcouple.predict import prompt_set_names
 
-        out = [os.path.join(os.path.dirname(str(p)) or ".", "eval") for p in prompts]
+        out = [os.path.join(_folder_of(p), "eval") for p in prompts]
         if len(set(out)) < len(out):
             out = [os.path.join(folder, name) for folder, name in zip(out, prompt_set_names(prompts))]
     elif out is None:
-        out = os.path.join(os.path.dirname(prompts) or ".", "eval") if prompts is not None else \
+        out = os.path.join(_folder_of(prompts), "eval") if prompts is not None else \
             os.path.join(cfg.run.output_dir, "eval_zero_shot")
     evaluate_config(cfg, prompts, output=args.output, report_dir=out)
     return 0
+
+
+def _folder_of(prompts: str) -> str:
+    """Where a prompt source's reports go by default: the folder itself, or the one holding the file."""
+    return str(prompts) if os.path.isdir(prompts) else (os.path.dirname(str(prompts)) or ".")
