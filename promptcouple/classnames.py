@@ -76,6 +76,16 @@ class ClassTokens(NamedTuple):
     ids: torch.Tensor
     groups: tuple[tuple[torch.Tensor, Optional[int]], ...]
     order: torch.Tensor
+    copies: dict  # device -> (ids, each group's rows, order) there
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """The ids, each group's rows and the order on ``device``, copied there once: a copy from
+        host memory waits for the device's queue, so a text pass must not make one every time."""
+        hit = self.copies.get(device)
+        if hit is None:
+            hit = self.copies[device] = (self.ids.to(device), tuple(rows.to(device) for rows, _ in self.groups),
+                                         self.order.to(device))
+        return hit
 
     @classmethod
     def build(cls, ids: torch.Tensor, lengths: list[int]) -> "ClassTokens":
@@ -87,7 +97,7 @@ class ClassTokens(NamedTuple):
         groups = length_groups(lengths)
         order = torch.cat(groups).argsort()
         return cls(ids, tuple((rows, max(lengths[i] for i in rows.tolist()) if trusted else None)
-                              for rows in groups), order)
+                              for rows in groups), order, {})
 
 
 # A text pass has a fixed cost besides its tokens (the kernels of every block, run once more),

@@ -203,7 +203,7 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         return sum(p._version for p in self.model.parameters())
 
     def _host_text(self, tokens: ClassTokens) -> torch.Tensor:
-        ids = tokens.ids.to(self.host.parameter.device)
+        ids, rows, order = tokens.on(self.host.parameter.device)
         if not (self.short_text and self.host.text.causal):
             return self.host.encode_text(ids)
         if len(tokens.groups) <= 1:
@@ -212,12 +212,12 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         # Rows are independent, so each length group runs only as far as its own longest prompt
         # (the adapter cuts each group exactly); the rows are put back in order afterwards.
         parts = []
-        for rows, length in tokens.groups:
-            part = self.host.encode_text_short(ids[rows.to(ids.device)], length)
+        for group_rows, (_, length) in zip(rows, tokens.groups):
+            part = self.host.encode_text_short(ids[group_rows], length)
             if part is None:  # this host has no exact short path
                 return self.host.encode_text(ids)
             parts.append(part)
-        return torch.cat(parts)[tokens.order.to(ids.device)]
+        return torch.cat(parts)[order]
 
     def encode_text(self, classnames: Sequence[str], normalize: bool = False, *,
                     descriptions: Optional[Mapping[str, Sequence[str]]] = None) -> torch.Tensor:

@@ -53,3 +53,20 @@ def test_short_text_path_has_no_graph_break(many, tokenizer):
     torch._dynamo.reset()
     compiled = torch.compile(wrapper.encode_text, backend="aot_eager", fullgraph=True)  # fails on any break
     torch.testing.assert_close(compiled(names), wrapper.encode_text(names), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a host sync is a device notion)")
+def test_short_text_pass_makes_no_host_sync_on_cuda(tokenizer):
+    """After the first pass has copied the token ids to the device, a text pass (length groups
+    included) queues its work without waiting for the device."""
+    cfg = pc.CouplingConfig(n_ctx=4, n_vision_ctx=3, text_depth=3, vision_depth=3, dropout=0.0)
+    wrapper = pc.CouplingPromptWrapper(make_host("open_clip"), cfg, tokenizer=tokenizer).cuda().train()
+    names = [f"class {i}" + " jump" * (i % 8) for i in range(120)]
+    wrapper.encode_text(names)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        features = wrapper.encode_text(names)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert features.shape == (120, 32)
