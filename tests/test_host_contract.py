@@ -2,7 +2,9 @@
 
 For each host: placeholders against the host's own text path on the written-out phrase, the
 wrapped forward against a prompted forward written out by hand (outputs and prompt gradients),
-unwrap exactness, only prompt tensors train, short text == full text where the tower is causal,
+unwrap exactness, only prompt tensors train, three training steps from a host given in training mode
+leave every buffer, module mode and feature as given (frozen means frozen: BatchNorm, stochastic
+depth), short text == full text where the tower is causal,
 prompt-file round trip, deepcopy and pickle independence, double-wrap refusal.
 """
 
