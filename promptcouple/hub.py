@@ -216,6 +216,9 @@ def model_card(pf, *, repo_id: Optional[str] = None, results: Optional[dict] = N
     model_line = (f'clip = open_clip.create_model("{name}", pretrained={backbone.get("pretrained")!r})'
                   if name and name not in ("tiny", "tiny-quickgelu", "world") else
                   "clip = ...  # the backbone named above")
+    if backbone.get("backbone_checkpoint"):  # a fine-tuned backbone (ViFi-CLIP, GA2-CLIP) loaded over it
+        model_line += ("\nfrom promptcouple.train.backbone import load_backbone\n"
+                       f"load_backbone(clip, {backbone['backbone_checkpoint']!r})   # the checkpoint named above")
     lines += ["## Use", "", "```python", "import open_clip", "import promptcouple as pc", "", model_line,
               f'model = pc.CouplingPromptWrapper.from_pretrained(clip, "{source}").eval()',
               "probabilities = model(frames, classnames).softmax(-1)   # frames (B, T, 3, H, W)", "```", "",

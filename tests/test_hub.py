@@ -115,7 +115,8 @@ def check_card(card, repo_id):
     for expected in ("ViT-B-16-quickgelu", "ab" * 32, "archery, yoga", "`val` (3): archery, yoga, fencing",
                      '"n_ctx": 4', "| val.top1 | 0.8125 |", "coupled to a hard prompt: yes",
                      f'from_pretrained(clip, "hf-hub:{repo_id}")', f"--prompts hf-hub:{repo_id}",
-                     'open_clip.create_model("ViT-B-16-quickgelu", pretrained=\'openai\')'):
+                     'open_clip.create_model("ViT-B-16-quickgelu", pretrained=\'openai\')',
+                     "load_backbone(clip, '/ck/k400.pth')"):
         assert expected in card, expected
 
 
