@@ -55,12 +55,14 @@ class HostState:
 
     def freeze(self) -> None:
         """``requires_grad`` off but for the ``train_host`` modules; frozen modules in evaluation mode."""
-        self.host.requires_grad_(False)
-        for name in self.train_host:
+        for name in self.train_host:  # checked before anything changes: a refused wrap leaves the host alone
             try:
-                self.host.get_submodule(name).requires_grad_(True)
+                self.host.get_submodule(name)
             except AttributeError:
                 raise InvalidInputError(f"train_host: the host has no submodule {name!r}") from None
+        self.host.requires_grad_(False)
+        for name in self.train_host:
+            self.host.get_submodule(name).requires_grad_(True)
         if self.host_train_mode:
             return
         self.host.train = partial(frozen_train, self.train_host, self.host)

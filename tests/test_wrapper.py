@@ -342,6 +342,14 @@ def test_frozen_host_stays_in_eval_mode_while_prompts_train(tokenizer):
     assert host.visual.bn1.training
 
 
+def test_a_refused_train_host_leaves_the_host_alone(tokenizer):
+    host = _resnet_clip().train()
+    with pytest.raises(ValueError, match="train_host: the host has no submodule 'nope'"):
+        pc.CouplingPromptWrapper(host, pc.CouplingConfig(**TEXT_ONLY), tokenizer=tokenizer, train_host=["nope"])
+    assert all(p.requires_grad for p in host.parameters()) and all(m.training for m in host.modules())
+    assert "train" not in host.__dict__
+
+
 def test_host_train_mode_keeps_the_old_behaviour(tokenizer):
     host = _resnet_clip().eval()
     before = host.visual.bn1.running_mean.clone()
