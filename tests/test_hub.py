@@ -158,6 +158,8 @@ def test_save_pretrained_writes_the_repo_layout_and_from_pretrained_reads_it(tmp
     out = hub.save_pretrained(folder, tmp_path / "export", repo_id="me/hmdb-s1")  # a run folder: results kept
     assert sorted(os.listdir(out)) == ["README.md", "prompts.safetensors"]
     check_card((out / "README.md").read_text(), "me/hmdb-s1")
+    assert cli(["push", str(folder), "me/hmdb-s1", "--save-to", str(tmp_path / "cli")]) == 0  # the layout, no upload
+    assert (tmp_path / "cli" / "README.md").read_text() == (out / "README.md").read_text()
 
     wrapper.save_pretrained(tmp_path / "from_wrapper")  # a wrapper: no run, no results section
     card = (tmp_path / "from_wrapper" / "README.md").read_text()
