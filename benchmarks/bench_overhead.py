@@ -12,7 +12,9 @@ paper's configuration (16 text / 16 vision tokens, depth 9, coupled to a hard pr
    step computed as the reference code does it (77-token text, anchor texts re-encoded by the
    frozen tower every step, one anchor clip appended), for 50, 100, 200 and 400 classes;
 4. peak memory of our training step with and without gradient checkpointing (each in a fresh
-   process: on the CPU the peak resident set grown by the step, on CUDA the allocator's peak).
+   process: on the CPU the peak resident set grown by the step, on CUDA the allocator's peak);
+5. ``method`` / ``method-profile``: what each part of GA2 costs on top of IVLP, one training step of
+   each variant as a ratio to IVLP's (``method_cost.py``), and the pieces GA2 adds, on their own.
 
 A CPU-sized step is 2 clips of 8 frames plus one anchor clip (the paper: 8 clips of 32 frames per
 GPU). Timings interleave the two sides (A B, B A, ...) over ``--reps`` pairs after a warm-up and
@@ -21,11 +23,13 @@ spread is too wide to read is flagged (``benchmarks/timing.py``).
 
     python benchmarks/bench_overhead.py --json bench.json --plot bench.png
     python benchmarks/bench_overhead.py --tiny          # seconds: a smoke run on a tiny model
+    python benchmarks/bench_overhead.py --parts method --batch 8 --threads 2 --json method.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -40,7 +44,8 @@ import torch.nn.functional as F
 
 import promptcouple as pc
 from promptcouple.train.step import TrainStep
-from timing import Comparison, compare, load_average
+from method_cost import VARIANTS, measure_method, measure_method_profile, pool
+from timing import Comparison, compare, load_average, uptime
 
 # Token counts (with the final ".") of the 400 Kinetics-400 class names, from the label list in the
 # GA2-CLIP repository (lists/kinetics_400_labels.csv), tokenized with CLIP's BPE: {count: names}.
@@ -65,7 +70,8 @@ def kinetics_like_names(n: int, tokenizer, seed: int = 0) -> list[str]:
     return names
 
 
-def build(tiny: bool, device: torch.device):
+def build_host(tiny: bool, device: torch.device):
+    """(open_clip model, prompt config, image size): ViT-B-16-quickgelu and the paper's config, or a tiny pair."""
     import open_clip
 
     if tiny:
@@ -76,7 +82,11 @@ def build(tiny: bool, device: torch.device):
     else:
         clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)  # random init is enough for speed
         config, size = pc.CouplingConfig(), 224
-    clip = clip.to(device).eval()
+    return clip.to(device).eval(), config, size
+
+
+def build(tiny: bool, device: torch.device):
+    clip, config, size = build_host(tiny, device)
     width = clip.token_embedding.weight.shape[1]
     wrapper = pc.CouplingPromptWrapper(clip, config, hard_prompts=torch.randn(config.n_ctx or 16, width) * 0.02)
     return wrapper, size
@@ -245,29 +255,49 @@ def main() -> None:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
     parser.add_argument("--memory-classes", type=int, default=400)
     parser.add_argument("--parts", default="vision,text,step,memory",
-                        help="which measurements to run, from vision,text,step,throughput,memory")
+                        help="which measurements to run, from vision,text,step,throughput,memory,method,method-profile")
+    parser.add_argument("--method-classes", type=int, default=100, help="classes of the method part's steps")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="the method part's steps (ivlp included)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the method part's timed ones")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--pool", nargs="+", metavar="JSON",
+                        help="pool the method rounds of these --parts method runs into --json, and stop")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--plot", help="write a plot of step time against the number of classes here")
     parser.add_argument("--memory-child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         return memory_child(args)
+    if args.pool:
+        pooled = pool(args.pool)
+        for name, r in pooled["cpu_ratio"].items():
+            print(f"{VARIANTS[name]:50s} / IVLP  CPU {r['median']:.3f} (IQR {r['q1']:.3f}-{r['q3']:.3f}, n={r['n']})  "
+                  f"wall {pooled['ratio'][name]['median']:.3f} (IQR {pooled['ratio'][name]['q1']:.3f}-"
+                  f"{pooled['ratio'][name]['q3']:.3f})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(pooled, f, indent=2)
+        return None
 
     device = torch.device(args.device)
-    wrapper, size = build(args.tiny, device)
-    host = wrapper.model
-    names = kinetics_like_names(400, wrapper.tokenizer)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    known = {"vision", "text", "step", "throughput", "memory", "method", "method-profile"}
+    if parts - known:
+        parser.error(f"--parts: unknown {sorted(parts - known)}; choose from {sorted(known)}")
     print(f"{'tiny model' if args.tiny else 'open_clip ViT-B-16'} on {device} "
           f"({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}), torch {torch.__version__}")
     results: dict = {"device": str(device), "model": "tiny" if args.tiny else "ViT-B-16-quickgelu", "frames": args.frames,
-                     "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-    parts = set(args.parts.split(","))
-    known = {"vision", "text", "step", "throughput", "memory"}
-    if parts - known:
-        parser.error(f"--parts: unknown {sorted(parts - known)}; choose from {sorted(known)}")
-    results["precision"], results["load_start"] = args.precision, load_average()
-
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
+                     "precision": args.precision, "load_start": load_average(), "uptime_start": uptime(),
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    if parts & {"method", "method-profile"}:  # fresh hosts of their own, wrapped two ways
+        method_parts(args, parts, device, results)
+    if parts & {"vision", "text", "step", "throughput"}:
+        wrapper, size = build(args.tiny, device)
+        host = wrapper.model
+        names = kinetics_like_names(400, wrapper.tokenizer)
     if "vision" in parts:
         measure_vision(wrapper, host, size, device, args, results)
     if "text" in parts:
@@ -283,7 +313,7 @@ def main() -> None:
         print(f"memory  step peak without checkpointing {off / 2**20:.0f} MiB, with {on / 2**20:.0f} MiB  "
               f"saving {results['checkpointing_memory_saving']:.1%}")
 
-    results["load_end"] = load_average()
+    results["load_end"], results["uptime_end"] = load_average(), uptime()
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     if args.json:
@@ -291,6 +321,21 @@ def main() -> None:
             json.dump(results, f, indent=2)
     if args.plot and "step_seconds" in results:
         plot(results, args.plot)
+
+
+def method_parts(args, parts, device, results: dict) -> None:
+    """The method part(s) on a fresh host (``method_cost.py``)."""
+    host, config, size = build_host(args.tiny, device)
+    import open_clip
+    from promptcouple.tokenize import PromptTokenizer
+
+    tokenizer = PromptTokenizer(open_clip.get_tokenizer("ViT-B-16-quickgelu"), 77)  # the wrappers' tokenizer
+    names = kinetics_like_names(args.method_classes, tokenizer)
+    anchors = kinetics_like_names(args.method_classes + 50, tokenizer, seed=1)[args.method_classes:]  # 50 labels
+    if "method-profile" in parts:
+        measure_method_profile(copy.deepcopy(host), config, size, names, anchors, device, args, results)
+    if "method" in parts:
+        measure_method(host, config, size, names, anchors, device, args, results)
 
 
 def measure_vision(wrapper, host, size, device, args, results) -> None:

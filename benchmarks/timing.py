@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -31,6 +32,15 @@ def load_average() -> Optional[float]:
         return None
 
 
+def uptime() -> str:
+    """What ``uptime`` prints (the three load averages), for a figure's record of the load."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        loads = os.getloadavg() if hasattr(os, "getloadavg") else ()
+        return "load average: " + ", ".join(f"{x:.2f}" for x in loads)
+
+
 def _sync(device: Optional[torch.device]) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -43,6 +53,18 @@ def timed(fn: Callable[[], object], device: Optional[torch.device] = None) -> fl
     fn()
     _sync(device)
     return time.perf_counter() - start
+
+
+def timed_with_cpu(fn: Callable[[], object], device: Optional[torch.device] = None) -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds of ``fn``. On a CPU shared with other jobs the
+    CPU seconds count only the cycles this process got, so they move far less with the load than
+    the wall clock (single-threaded they are the work itself; with more threads, spinning at a
+    barrier while a sibling thread waits for a core counts too)."""
+    _sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -120,4 +142,86 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, reps: int = 10,
         log.warning("%s: the ratio's spread (IQR %.0f%% of the median over %d pairs, load %s -> %s) is too "
                     "wide to read; rerun on a quieter machine or with more --reps", label or "comparison",
                     100 * result.ratio.relative_iqr, reps, result.load_before, result.load_after)
+    return result
+
+
+@dataclass
+class Interleaved:
+    """Several commands timed round by round, each as a ratio to one of them (the reference)."""
+
+    seconds: dict  # name -> Spread of its wall-clock times
+    ratio: dict  # name -> Spread of its time / the reference's time in the same round
+    cpu_seconds: dict  # the same in this process's CPU seconds
+    cpu_ratio: dict
+    reference: str
+    order: list  # the order each round ran in
+    uptime_before: str
+    uptime_after: str
+    load_before: Optional[float]
+    load_after: Optional[float]
+    times: dict  # name -> its wall-clock and CPU seconds, round by round
+
+    def readable(self, name: str, cpu: bool = False) -> bool:
+        return (self.cpu_ratio if cpu else self.ratio)[name].relative_iqr <= READABLE_SPREAD
+
+    def as_dict(self) -> dict:
+        def spreads(d: dict, readable=None) -> dict:
+            return {k: dict(asdict(v), **({} if readable is None else {"readable": readable(k)})) for k, v in d.items()}
+
+        return {"reference": self.reference, "seconds": spreads(self.seconds), "ratio": spreads(self.ratio, self.readable),
+                "cpu_seconds": spreads(self.cpu_seconds),
+                "cpu_ratio": spreads(self.cpu_ratio, lambda k: self.readable(k, cpu=True)),
+                "order": self.order, "uptime_before": self.uptime_before, "uptime_after": self.uptime_after,
+                "load_before": self.load_before, "load_after": self.load_after, "times": self.times,
+                "ratio_values": self._ratios(0), "cpu_ratio_values": self._ratios(1)}
+
+    def _ratios(self, column: int) -> dict:
+        ref = [t[column] for t in self.times[self.reference]]
+        return {n: [t[column] / r for t, r in zip(ts, ref)] for n, ts in self.times.items() if n != self.reference}
+
+
+def rotations(n: int, rounds: int) -> list[list[int]]:
+    """The order of ``n`` commands in each of ``rounds`` rounds: rotated one place every two rounds,
+    and reversed every other round, so no command always runs first, last or after the same one."""
+    out = []
+    for r in range(rounds):
+        order = [(i + r // 2) % n for i in range(n)]
+        out.append(order if r % 2 == 0 else order[::-1])
+    return out
+
+
+def interleave(commands: dict, *, reference: str, reps: int = 5, warmup: int = 1,
+               device: Optional[torch.device] = None, label: str = "") -> Interleaved:
+    """Time every command once a round for ``reps`` rounds after ``warmup`` rounds; each command's
+    ratio is taken to the reference's time of the same round, so load that hits a round hits
+    every command in it (a many-way ``compare``). Wall-clock and CPU seconds both."""
+    if reference not in commands:
+        raise KeyError(f"reference {reference!r} is not among the commands {list(commands)}")
+    names = list(commands)
+    for _ in range(warmup):
+        for name in names:
+            commands[name]()
+    before, load_before = uptime(), load_average()
+    wall: dict = {name: [] for name in names}
+    cpu: dict = {name: [] for name in names}
+    orders = rotations(len(names), reps)
+    for order in orders:
+        for i in order:
+            w, c = timed_with_cpu(commands[names[i]], device)
+            wall[names[i]].append(w)
+            cpu[names[i]].append(c)
+
+    def per_round(times: dict) -> dict:
+        return {n: Spread.of([t / r for t, r in zip(times[n], times[reference])]) for n in names if n != reference}
+
+    result = Interleaved({k: Spread.of(v) for k, v in wall.items()}, per_round(wall),
+                         {k: Spread.of(v) for k, v in cpu.items()}, per_round(cpu),
+                         reference, [[names[i] for i in o] for o in orders], before, uptime(), load_before,
+                         load_average(), {n: list(zip(wall[n], cpu[n])) for n in names})
+    for name in result.ratio:
+        if not result.readable(name):
+            log.warning("%s: %s / %s spreads %.0f%% of its median in wall-clock time (IQR over %d rounds, load "
+                        "%s -> %s): too wide to read; rerun on a quieter machine or with more --reps",
+                        label or "interleave", name, reference, 100 * result.ratio[name].relative_iqr, reps,
+                        load_before, result.load_after)
     return result

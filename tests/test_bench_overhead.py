@@ -54,3 +54,55 @@ def test_gpu_check_dry_run(tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text())["device"] == "cpu", name
     assert json.loads((tmp_path / "overhead_fp16_compiled.json").read_text())["precision"] == "fp16"
     assert '"ddp_ok": true' in (tmp_path / "gpu_check.log").read_text()
+
+
+def test_method_part_writes_every_variant_as_a_ratio_to_ivlp(tmp_path):
+    """``--parts method``: one training step of each variant, interleaved, as ratios to IVLP's, with the load."""
+    out = tmp_path / "method.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--tiny", "--reps", "1", "--batch", "2",
+           "--method-classes", "6", "--parts", "method,method-profile", "--warmup", "0", "--threads", "1",
+           "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    method = json.loads(out.read_text())["method"]
+    variants = ["ivlp", "coupling", "anchors", "anchors_cached", "ga2", "ga2_cached"]
+    assert list(method["seconds"]) == variants and set(method["ratio"]) == set(variants) - {"ivlp"}
+    assert method["reference"] == "ivlp" and method["classes"] == 6 and method["clips"] == 2
+    for name in method["ratio"]:
+        ratio = method["ratio"][name]
+        assert ratio["n"] == 1 and ratio["median"] > 0 and "readable" in ratio
+        assert abs(ratio["median"] - method["seconds"][name]["median"] / method["seconds"]["ivlp"]["median"]) < 1e-9
+        assert method["cpu_ratio"][name]["median"] > 0
+    assert "load average" in method["uptime_before"] and "load average" in method["uptime_after"]
+    assert [w / c > 0 for w, c in method["times"]["ga2"]] == [True]
+    pooled = tmp_path / "pooled.json"  # two runs' rounds as one table
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--pool", str(out), str(out),
+                          "--json", str(pooled)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(pooled.read_text())["cpu_ratio"]["ga2"]["n"] == 2
+    profile = json.loads(out.read_text())["method_profile"]
+    assert set(profile["added_cpu_seconds"]) == {"anchor clip in the prompted vision pass", "frozen view of the anchor clip",
+                                             "anchor labels in the prompted text pass", "coupling layer"}
+
+
+def test_interleave_takes_each_ratio_within_its_round(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import timing
+
+    # Three commands over four rounds; the load doubles every round, and within a round b takes
+    # 1.5x and c 3x what a takes: every per-round ratio is exact though each command spreads 8x.
+    assert timing.rotations(3, 4) == [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]]
+    cost, calls = {"a": 2.0, "b": 3.0, "c": 6.0}, []
+
+    def fake_timed(fn, device=None):  # wall seconds; CPU seconds, unloaded, are the cost itself
+        name = fn()
+        calls.append(name)
+        return cost[name] * 2 ** ((len(calls) - 1) // 3), cost[name]
+
+    monkeypatch.setattr(timing, "timed_with_cpu", fake_timed)
+    r = timing.interleave({n: (lambda n=n: n) for n in "abc"}, reference="a", reps=4, warmup=0)
+    assert calls == ["a", "b", "c", "c", "b", "a", "b", "c", "a", "a", "c", "b"]
+    assert r.ratio["b"].min == r.ratio["b"].max == 1.5 and r.ratio["c"].median == 3.0
+    assert r.seconds["a"].max == 8 * r.seconds["a"].min and r.readable("c")
+    assert r.cpu_seconds["a"].max == r.cpu_seconds["a"].min == 2.0 and r.cpu_ratio["c"].median == 3.0
+    assert r.order[1] == ["c", "b", "a"] and "load average" in r.uptime_before
