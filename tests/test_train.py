@@ -639,3 +639,15 @@ def test_openai_weights_need_a_quickgelu_model_name():
     cfg.model.name, cfg.model.pretrained = "ViT-B-16", "openai"
     with pytest.raises(ConfigError, match="QuickGELU.*'ViT-B-16-quickgelu'"):
         build_host(cfg)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_host_train_mode_reaches_the_wrapper(tmp_path, follow):
+    """model.host_train_mode: the default keeps the frozen host in eval mode while prompts train."""
+    from promptcouple.train.hosts import build_wrapper
+
+    cfg = config(tmp_path, tmp_path / "out", model={"name": "tiny", "host_train_mode": follow})
+    wrapper = build_wrapper(cfg).train()
+    assert wrapper.host_train_mode is follow
+    assert wrapper.model.visual.training is follow
+    assert wrapper.prompts.training

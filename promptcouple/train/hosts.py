@@ -106,8 +106,9 @@ def build_wrapper(cfg: TrainConfig, device: Union[str, torch.device] = "cpu", *,
     torch.manual_seed(cfg.run.seed)  # same prompt initialisation on every rank
     try:
         if prompts is not None:
-            return CouplingPromptWrapper.from_pretrained(host, prompts, tokenizer=tokenizer)
+            return CouplingPromptWrapper.from_pretrained(host, prompts, tokenizer=tokenizer,
+                                                         host_train_mode=cfg.model.host_train_mode)
         return CouplingPromptWrapper(host, cfg.coupling_config(), hard_prompts=cfg.prompts.hard_prompts,
-                                     tokenizer=tokenizer)
+                                     tokenizer=tokenizer, host_train_mode=cfg.model.host_train_mode)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(f"{'--prompts' if prompts is not None else 'prompts'}: {err}") from err

@@ -42,6 +42,9 @@ class ModelConfig:
         trust_checkpoint: Unpickle ``backbone_checkpoint`` with ``weights_only=False`` (ViFi-CLIP
             files hold a yacs config). Only for files you trust.
         grad_checkpointing: Recompute the host's blocks in backward (``set_grad_checkpointing``).
+        host_train_mode: Let the frozen host follow the training mode (its dropout, drop-path and
+            BatchNorm statistics act while prompts train), as before promptcouple 0.3. The default
+            keeps every frozen host module in evaluation mode (``CouplingPromptWrapper(host_train_mode=)``).
     """
 
     name: str = "tiny"
@@ -49,6 +52,7 @@ class ModelConfig:
     backbone_checkpoint: Optional[str] = path_field(default=None)
     trust_checkpoint: bool = False
     grad_checkpointing: bool = False
+    host_train_mode: bool = False
 
     def check(self) -> None:
         pass  # the name and files are checked when the model is built (check_files, build_host)
