@@ -82,7 +82,7 @@ def test_their_loop(assets, method, tmp_path):
 
     losses = train_one_epoch(0, ddp, nn.CrossEntropyLoss(), optimizer, scheduler, fx.batches(2, 2, 6), config,
                              call, probe=probe)
-    assert all(torch.isfinite(torch.tensor(losses))) and max(gaps) < 1e-6
+    assert all(torch.isfinite(torch.tensor(losses))) and max(gaps) < fx.step_atol(method)
     after = fx.snapshot(model)
     assert fx.changed(before, after) == trainable  # only prompt tensors moved; prompts.hard did not
     if method == "ivlp":

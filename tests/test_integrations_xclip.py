@@ -63,7 +63,7 @@ def test_their_loop(assets, method, tmp_path):
 
     losses = train_one_epoch(0, model, nn.CrossEntropyLoss(), optimizer, CosineScheduler(optimizer, 4),
                              fx.batches(2, 2, 6), config, call, probe=probe)
-    assert all(torch.isfinite(torch.tensor(losses))) and max(gaps) < 1e-6
+    assert all(torch.isfinite(torch.tensor(losses))) and max(gaps) < fx.step_atol(method)
     after = fx.snapshot(model)
     moved = fx.changed(before, after)
     assert moved == trainable  # prompts, MIT and prompt generator; nothing else (not prompts.hard)
