@@ -176,9 +176,7 @@ def plot_forest(comparison: dict, methods: Sequence[Method], path: Path, title: 
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # off the data
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -281,9 +279,7 @@ def plot_curves(records: Sequence[dict], methods: Sequence[Method], path: Path, 
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:  # a file object: the format comes from the name's ending
-        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -318,9 +314,7 @@ def plot_datasets(table: dict, methods: Sequence[Method], datasets: Sequence[str
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -333,3 +327,13 @@ def machine_state() -> dict:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _save(fig, path: "str | Path") -> None:
+    """Write a figure atomically and free it; the format comes from the name's ending (a file
+    object carries no name for matplotlib to read it from)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
+    plt.close(fig)
