@@ -389,3 +389,77 @@ def test_base2novel_k400_first_protocol(tmp_path):
     assert again["k400_backbone"]["0"]["cached"] == str(path)  # fine-tuned once per world and recipe
     with pytest.raises(SystemExit, match="k400-first"):
         base2novel.main(["--protocol", "k400-first", "--model", "tiny"])
+
+
+def _fake_result(path, world, *, protocol="from-clip", epochs=8, seed=0):
+    """A base2novel result file in the shape the real ones have: per method, dataset, split and
+    world seed the base/novel/HM and every test clip's correctness."""
+    import random
+
+    rng = random.Random(seed + 10 * world)
+
+    def record(method, dataset, split):
+        base = "".join(rng.choice("01") for _ in range(12))
+        novel = "".join(rng.choice("011") for _ in range(10))
+        b, n = 100 * base.count("1") / len(base), 100 * novel.count("1") / len(novel)
+        return {"method": method, "dataset": dataset, "split": split, "world_seed": world, "shots": 16,
+                "base": b, "novel": n, "hm": hm(b, n), "correct": {"base": base, "novel": novel}, "seconds": 1.0}
+
+    runs = [record("zero-shot", d, None) for d in ("da", "db")]
+    runs += [record(m, d, s) for m in ("ivlp", "ga2", "anchors") for d in ("da", "db") for s in (1, 2)]
+    doc = {"benchmark": "base2novel", "setting": "full", "protocol": protocol, "model": {"name": "world"},
+           "data": "world", "world_knobs": {"shift": None}, "inputs": {"world_code": "abc"},
+           "hyperparameters": {"epochs": epochs, "shots": 16, "test_per_class": 50}, "datasets": ["da", "db"],
+           "splits": [1, 2], "methods": ["zero-shot", "ivlp", "ga2", "anchors"], "world_seed": world,
+           "world_seeds": [world], "runs": runs}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_pool_equals_the_interval_over_concatenated_cells_and_refuses_unlike_files(tmp_path):
+    import numpy as np
+
+    import pool
+    import stats
+    from promptcouple.errors import InvalidInputError
+    from protocol import pooling
+
+    a, b = _fake_result(tmp_path / "w0.json", 0), _fake_result(tmp_path / "w1.json", 1)
+    doc = pool.main([str(a), str(b), "--out", str(tmp_path / "pooled"), "--resamples", "300"])
+    runs = json.loads(a.read_text())["runs"] + json.loads(b.read_text())["runs"]
+
+    def by_cell(method):
+        return {f"{r['dataset']}/s{r['split']}/w{r['world_seed']}": r for r in runs if r["method"] == method}
+
+    ivlp = by_cell("ivlp")
+    for method in ("ga2", "anchors"):
+        mine = by_cell(method)
+        order = sorted(mine)
+        assert len(order) == 8 and doc["paired_vs_ivlp"][method]["cells"]["n"] == 8  # 2 datasets x 2 splits x 2 worlds
+        by_hand = stats.paired_interval([mine[c]["hm"] for c in order], [ivlp[c]["hm"] for c in order])
+        got = doc["paired_vs_ivlp"][method]
+        assert (got["cells"]["mean"], got["cells"]["low"], got["cells"]["high"]) == pytest.approx(
+            (by_hand.mean, by_hand.low, by_hand.high), abs=1e-9)
+        bits = lambda r, k: np.array([int(c) for c in r["correct"][k]])  # noqa: E731
+        clips = stats.bootstrap_hm_difference(
+            [stats.CellClips(bits(mine[c], "base"), bits(mine[c], "novel"), bits(ivlp[c], "base"),
+                             bits(ivlp[c], "novel")) for c in order], resamples=300)
+        assert (got["clips"]["mean"], got["clips"]["low"], got["clips"]["high"]) == pytest.approx(
+            (clips.mean, clips.low, clips.high), abs=1e-9)
+    assert doc["world_seeds"] == [0, 1] and doc["n_cells"] == 8
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"pooled.{ext}").stat().st_size > 0
+    assert json.loads((tmp_path / "pooled.json").read_text())["paired_vs_ivlp"] == doc["paired_vs_ivlp"]
+    assert "(8 cells;" in (tmp_path / "pooled.md").read_text()
+
+    other = _fake_result(tmp_path / "k.json", 1, protocol="k400-first")
+    with pytest.raises(InvalidInputError, match=r"cannot be pooled: protocol: 'from-clip' vs 'k400-first'"):
+        pooling.pool(pooling.load([a, other]))
+    longer = _fake_result(tmp_path / "e.json", 1, epochs=5)
+    with pytest.raises(InvalidInputError, match=r"hyperparameters\.epochs: 8 vs 5"):
+        pooling.pool(pooling.load([a, longer]))
+    again = _fake_result(tmp_path / "w0b.json", 0, seed=3)
+    with pytest.raises(InvalidInputError, match=r"cell da/s1/w0 is in both"):
+        pooling.pool(pooling.load([a, again]))
+    with pytest.raises(SystemExit, match="cannot be pooled"):
+        pool.main([str(a), str(other), "--out", str(tmp_path / "no")])

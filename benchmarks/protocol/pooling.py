@@ -1,0 +1,170 @@
+"""Pooling several base2novel result files of one protocol: the paired HM difference against IVLP
+over all their cells (dataset x split x world seed).
+
+Each full run covers one world seed; the question "would it hold on another world?" needs the cells
+of several runs in one interval. The pooled records go through the same code as a single run's
+(:func:`.reports.paired_comparison`, i.e. ``benchmarks/stats.py``), so a pooled interval is, by
+construction, the interval of the concatenated cells. Files are pooled only when they measure the
+same thing: same protocol, preset, hyperparameters (epochs, shots, test clips, ...), model and
+backbone recipe, datasets and splits, and disjoint cells (no world seed twice).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from promptcouple.errors import InvalidInputError, MissingFileError
+
+from . import reports
+from .methods import METHODS, Method
+
+# What must agree between two files for their cells to be one sample. Per-world things (the world
+# seed, its hard prompt, the k400-first backbone file) may differ; how they were made may not.
+_SAME = ("protocol", "benchmark", "setting", "hyperparameters", "data", "world_knobs", "datasets", "splits")
+
+
+def load(paths: Sequence["str | Path"]) -> list[dict]:
+    """Read the result files (``benchmarks/base2novel.py`` JSON)."""
+    docs = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise MissingFileError(f"pool: no result file {path}; give the JSON files base2novel.py wrote")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"pool: {path} is not JSON ({e}); give the JSON files base2novel.py wrote") from e
+        if not isinstance(doc, dict) or "runs" not in doc or doc.get("benchmark") != "base2novel":
+            raise InvalidInputError(f"pool: {path} is not a base2novel result file (no 'runs', or benchmark "
+                                    f"{doc.get('benchmark') if isinstance(doc, dict) else None!r}); give the JSON "
+                                    "files base2novel.py wrote")
+        doc["_path"] = str(path)
+        docs.append(doc)
+    return docs
+
+
+def backbone(doc: dict) -> dict:
+    """The backbone a run trained from, without what is per world: k400-first fine-tunes one per
+    world seed (its path and file identity differ), so the recipe is what must agree."""
+    model = dict(doc.get("model") or {})
+    inputs = {k: v for k, v in (doc.get("inputs") or {}).items()}
+    if doc.get("protocol") == "k400-first":
+        model.pop("backbone_checkpoint", None)
+        inputs.pop("backbone_checkpoint", None)
+        recipes = {json.dumps(b.get("recipe"), sort_keys=True) for b in (doc.get("k400_backbone") or {}).values()}
+        inputs["k400_recipe"] = sorted(recipes)
+    return {"model": model, "inputs": inputs}
+
+
+def signature(doc: dict) -> dict:
+    """What must be equal in every pooled file."""
+    return {**{k: doc.get(k) for k in _SAME}, "backbone": backbone(doc)}
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:  # the first file's order: protocol first
+            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} vs {b!r}"]
+
+
+def check_poolable(docs: Sequence[dict]) -> None:
+    """Refuse files that do not measure the same thing, or that share a cell.
+
+    Raises:
+        InvalidInputError: naming the two files and every differing field.
+    """
+    if len(docs) < 2:
+        raise InvalidInputError(f"pool: give at least two result files (got {len(docs)})")
+    first = signature(docs[0])
+    for doc in docs[1:]:
+        diff = _differences(first, signature(doc))
+        if diff:
+            raise InvalidInputError(
+                f"pool: {doc['_path']} and {docs[0]['_path']} were run differently and cannot be pooled: "
+                + "; ".join(diff[:8]) + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
+                + ". Pool only runs of one protocol and one setting (rerun the odd one with the others' options)")
+    seen: dict[str, str] = {}
+    for doc in docs:
+        hms, _ = reports.cells(doc["runs"])
+        for cell in sorted({c for per_method in hms.values() for c in per_method}):
+            if cell in seen:
+                raise InvalidInputError(
+                    f"pool: cell {cell} is in both {seen[cell]} and {doc['_path']}: each world seed may be pooled "
+                    "once (run the other world with --world-seed N)")
+            seen[cell] = doc["_path"]
+
+
+def methods_of(docs: Sequence[dict]) -> tuple[list[Method], list[str]]:
+    """The methods every file has, in the first file's order, and those some file lacks."""
+    common = [n for n in docs[0]["methods"] if all(n in d["methods"] for d in docs)]
+    left = sorted({n for d in docs for n in d["methods"]} - set(common))
+    return [METHODS.get(n) or Method(n, n) for n in common], left
+
+
+def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
+    """The pooled comparison of already-loaded result files (:func:`load`).
+
+    Returns:
+        ``{"protocol", "world_seeds", "methods", "paired_vs_ivlp", "hm_by_cell", "table", ...}``; the
+        intervals are :func:`.reports.paired_comparison` over the concatenated records.
+    """
+    check_poolable(docs)
+    methods, left_out = methods_of(docs)
+    names = {m.name for m in methods}
+    if "ivlp" not in names:
+        raise InvalidInputError("pool: the files have no common 'ivlp' rows to compare with; run base2novel.py "
+                                "with ivlp among --methods")
+    records = [r for d in docs for r in d["runs"] if r["method"] in names]
+    paired = reports.paired_comparison(records, "ivlp", resamples=resamples)
+    hms, _ = reports.cells(records)
+    seeds = sorted({s for d in docs for s in (d.get("world_seeds") or [d.get("world_seed")]) if s is not None})
+    table = reports.base_novel_table(records, methods, docs[0]["datasets"])
+    per_file = {d["_path"]: {"world_seeds": d.get("world_seeds"), "paired_vs_ivlp": d.get("paired_vs_ivlp"),
+                             "timing": d.get("timing"), "machine": d.get("machine")} for d in docs}
+    return {"benchmark": "base2novel_pooled", "protocol": docs[0].get("protocol"), "world_seeds": seeds,
+            "sources": [d["_path"] for d in docs], "signature": signature(docs[0]),
+            "methods": [m.name for m in methods], "methods_left_out": left_out, "datasets": docs[0]["datasets"],
+            "splits": docs[0]["splits"], "n_cells": len(hms["ivlp"]), "paired_vs_ivlp": paired,
+            "hm_by_cell": hms, "table": table, "per_file": per_file, "resamples": resamples}
+
+
+def markdown(pooled: dict) -> str:
+    """The pooled table of HM - IVLP, one reading per method, and the mean table over the cells."""
+    methods = [METHODS.get(n) or Method(n, n) for n in pooled["methods"]]
+    hp = pooled["signature"]["hyperparameters"] or {}
+    head = (f"Base-to-novel, protocol {pooled['protocol']}, pooled over world seeds {pooled['world_seeds']} x "
+            f"splits {pooled['splits']} x datasets {pooled['datasets']} ({pooled['n_cells']} cells; "
+            f"{hp.get('epochs')} epochs, K={hp.get('shots')}, {hp.get('test_per_class') or 'all'} test clips per "
+            f"class). Sources: {', '.join(pooled['sources'])}.")
+    out = (head + "\n\nHM against IVLP, paired by cell (dataset x split x world seed), top-1 points:\n\n"
+           + reports.format_comparison(pooled["paired_vs_ivlp"], methods, "IVLP") + "\n\n"
+           + "\n".join(reports.readings(pooled["paired_vs_ivlp"], methods))
+           + "\n\nTop-1 % (Base / Novel / HM), mean over the pooled splits and world seeds, last epoch:\n\n"
+           + reports.format_base_novel(pooled["table"], methods, pooled["datasets"]))
+    if pooled["methods_left_out"]:
+        out += f"\n\nLeft out (not in every file): {', '.join(pooled['methods_left_out'])}"
+    return out
+
+
+def write(pooled: dict, prefix: "str | Path") -> dict:
+    """``PREFIX.json``, ``PREFIX.md`` and the forest plot ``PREFIX.png``; returns the paths."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    methods = [METHODS.get(n) or Method(n, n) for n in pooled["methods"]]
+    md = markdown(pooled)
+    png = reports.plot_forest(pooled["paired_vs_ivlp"], methods, prefix.with_name(prefix.name + ".png"),
+                              f"HM - IVLP, {pooled['protocol']}, pooled over world seeds {pooled['world_seeds']} "
+                              f"({pooled['n_cells']} cells)")
+    paths = {"json": str(prefix.with_name(prefix.name + ".json")), "md": str(prefix.with_name(prefix.name + ".md")),
+             "plot_forest": str(png) if png else None}
+    reports.write_json(Path(paths["json"]), {**pooled, "markdown": md, "files": paths,
+                                             "machine": reports.machine_state()})
+    from promptcouple.fileio import atomic_write_text
+
+    atomic_write_text(Path(paths["md"]), md + "\n")
+    return paths
