@@ -10,5 +10,7 @@ module:
   behind one interface;
 * :mod:`.runs`: jobs, the worker pool, the cached hard prompt;
 * :mod:`.reports`: means over splits, markdown tables, the curves plot, the results JSON;
+* :mod:`.pooling`: several base2novel result files of one protocol as one sample of cells
+  (``benchmarks/pool.py``);
 * :mod:`.context`: a script from start to finish.
 """
