@@ -19,6 +19,7 @@ The graph is traced (``torch.onnx.export(dynamo=False)``), which runs the wrappe
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -77,9 +78,9 @@ def export_onnx(predictor, path: PathLike, *, opset: int = OPSET) -> Path:
     c, e = cfg.data, cfg.eval
     if cfg.run.precision not in ("fp32", None):
         logger.info("exporting in fp32 (the prompt file's evaluation used %s)", cfg.run.precision)
-    # Exported on the CPU in fp32; the predictor's model goes back to its mode, device and dtype after.
-    was_training, device, dtype = predictor.wrapper.training, predictor.wrapper.device, predictor.wrapper.host.parameter.dtype
-    model = VideoClassifier(predictor.wrapper, predictor.classnames, reduce=e.reduce).cpu().float()
+    # Exported from a copy on the CPU in fp32, so the predictor's own model keeps its mode, device and
+    # per-tensor dtypes (a mixed-precision host cast back by one dtype would not be what it was).
+    model = VideoClassifier(copy.deepcopy(predictor.wrapper), predictor.classnames, reduce=e.reduce).cpu().float()
     example = torch.zeros(2, e.num_clips * e.num_crops, c.num_frames, 3, c.image_size, c.image_size)
     path = Path(path)
     with warnings.catch_warnings():
@@ -97,7 +98,6 @@ def export_onnx(predictor, path: PathLike, *, opset: int = OPSET) -> Path:
                                   dynamic_axes={"frames": {0: "batch"}, "probabilities": {0: "batch"}})
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-            predictor.wrapper.train(was_training).to(device, dtype)
     graph = onnx.load(str(path))
     meta = {"classnames": json.dumps(predictor.classnames), "num_frames": str(c.num_frames),
             "image_size": str(c.image_size), "views": json.dumps({"num_clips": e.num_clips, "num_crops": e.num_crops}),

@@ -91,15 +91,18 @@ def hub_download(repo_id: str, filename: str, *, revision: Optional[str] = None)
             naming the repository and the offline setting).
     """
     hub = _hub()
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    # constants is a submodule that `import huggingface_hub` does not make an attribute by itself.
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     where = f"hf-hub:{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-    offline = hub.constants.HF_HUB_OFFLINE
+    offline = constants.HF_HUB_OFFLINE
     try:
         return Path(hub.hf_hub_download(repo_id, filename, revision=revision))
     except LocalEntryNotFoundError:
         if offline:
-            raise MissingFileError(f"{where}: not in the local Hugging Face cache ({hub.constants.HF_HUB_CACHE}) and "
+            raise MissingFileError(f"{where}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
                                    "HF_HUB_OFFLINE=1 forbids downloading it; fix: download it once online "
                                    f"(unset HF_HUB_OFFLINE), or point HF_HUB_CACHE at a cache holding {repo_id}") from None
         raise MissingFileError(f"{where}: not cached and the Hub cannot be reached (HF_HUB_OFFLINE is not set); "
@@ -107,6 +110,9 @@ def hub_download(repo_id: str, filename: str, *, revision: Optional[str] = None)
     except RepositoryNotFoundError:
         raise MissingFileError(f"{where}: no repository {repo_id!r} on the Hub (or it is private: set HF_TOKEN); "
                                "fix: check the name") from None
+    except RevisionNotFoundError:
+        raise MissingFileError(f"{where}: the repository {repo_id!r} has no revision {revision!r}; fix: check the "
+                               "branch, tag or commit") from None
     except EntryNotFoundError:
         raise MissingFileError(f"{where}: the repository {repo_id!r} has no file {filename!r}; fix: name the file, "
                                f"e.g. hf-hub:{repo_id}/{PROMPTS_NAME}") from None
@@ -116,8 +122,11 @@ def _converted(repo_id: str, checkpoint: Path) -> Path:
     """The prompt file of a reference checkpoint from the Hub, converted once and cached."""
     from promptcouple.convert import convert_checkpoint
 
-    # The snapshot entry links to blobs/<hash>: the content's own name, so a new upload gets a new file.
-    key = Path(os.path.realpath(checkpoint)).name
+    # Keyed by the content, not the name: a new upload, or two files of one name in different folders,
+    # must not get one another's conversion (the cache's blob names are hashes only where it uses symlinks).
+    from promptcouple.train.run_info import sha256_of
+
+    key = sha256_of(checkpoint)
     target = cache_dir() / "converted" / f"models--{repo_id.replace('/', '--')}" / f"{key}.safetensors"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

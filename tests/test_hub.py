@@ -176,3 +176,33 @@ def test_save_pretrained_writes_the_repo_layout_and_from_pretrained_reads_it(tmp
         hub.save_pretrained(tmp_path / "p.safetensors", tmp_path / "q.safetensors")
     with pytest.raises(FileNotFoundError, match="without prompts.safetensors"):
         hub.resolve_prompt_source(tmp_path / "runs")
+
+
+def test_offline_miss_in_a_fresh_process_is_the_typed_error(tmp_path):
+    """A fresh process has not imported huggingface_hub.constants yet (the fixtures above have):
+    the miss must still be the one-line MissingFileError, not an AttributeError."""
+    import subprocess
+    import sys
+
+    code = ("from promptcouple.hub import hub_download\n"
+            "try:\n    hub_download('org/repo', 'prompts.safetensors')\n"
+            "except Exception as err:\n    print(type(err).__name__, err)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("MissingFileError hf-hub:org/repo/prompts.safetensors") and "HF_HUB_OFFLINE=1" in out, out
+
+
+def test_converted_checkpoints_are_keyed_by_content(tmp_path, monkeypatch):
+    """Two checkpoints of one name (no symlinks in the cache) must not share one conversion."""
+    monkeypatch.setenv("PROMPTCOUPLE_CACHE", str(tmp_path / "pc"))
+    calls = []
+    monkeypatch.setattr("promptcouple.convert.convert_checkpoint",
+                        lambda src, dst, **kw: (calls.append(src), dst.write_bytes(src.read_bytes())))
+    for folder, content in (("a", b"hmdb"), ("b", b"ucf")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "ga2.pth").write_bytes(content)
+    first = hub._converted("org/repo", tmp_path / "a" / "ga2.pth")
+    second = hub._converted("org/repo", tmp_path / "b" / "ga2.pth")
+    again = hub._converted("org/repo", tmp_path / "a" / "ga2.pth")
+    assert first != second and first == again and len(calls) == 2
+    assert second.read_bytes() == b"ucf"

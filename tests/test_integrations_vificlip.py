@@ -17,7 +17,7 @@ import promptcouple as pc
 from loops import fixtures as fx
 from loops.common import CosineScheduler, auto_resume_helper, epoch_saving, train_one_epoch, validate
 from loops.vificlip_loop import VIFI_DROPPED, build_optimizer, call, load_checkpoint, resume, vifi_config
-from promptcouple.errors import ConfigError, InvalidInputError
+from promptcouple.errors import CheckpointError, ConfigError, InvalidInputError
 from promptcouple.integrations import ENV_VAR, vificlip
 from promptcouple.wrapper import CouplingPromptWrapper
 
@@ -234,3 +234,16 @@ def test_refusals_and_settings(assets, tmp_path, monkeypatch):
         model(images)  # once only
     assert vificlip.anchor_loss(DDPKeys(model)).requires_grad
     assert float(vificlip.anchor_loss(model)) == 0.0  # taken: nothing pending
+
+
+def test_a_ga2_checkpoint_into_a_model_built_without_its_hard_prompt_is_refused(assets):
+    """strict=False would skip prompts.hard and the mapping layer and evaluate uncoupled, silently."""
+    _, ga2 = build(assets, "ga2")
+    _, ivlp = build(assets, "ivlp")
+    state = ga2.state_dict()
+    with pytest.raises(CheckpointError, match="prompt tensors do not fit"):
+        ivlp.load_state_dict(state, strict=False)
+    with pytest.raises(CheckpointError, match="prompt tensors do not fit"):
+        ga2.load_state_dict(ivlp.state_dict(), strict=False)
+    host_only = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    ivlp.load_state_dict(host_only, strict=False)  # the host's own weights, no prompt tensor: loads

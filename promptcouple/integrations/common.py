@@ -48,6 +48,7 @@ class BoundPromptWrapper(CouplingPromptWrapper):
         if settings.anchors is not None:
             object.__setattr__(self, "_anchor_term", AnchorTerm(self, settings.anchors, self.class_names))
         self.register_load_state_dict_pre_hook(_accept_host_layouts)
+        self.register_load_state_dict_post_hook(_refuse_other_prompt_layouts)
 
     # ------------------------------------------------------------------------------- forward
 
@@ -141,6 +142,22 @@ def anchor_loss(model: nn.Module) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+def _refuse_other_prompt_layouts(module: BoundPromptWrapper, incompatible: Any) -> None:
+    """Their loops load with ``strict=False``: a GA2 checkpoint loaded into a model built without the
+    hard prompt (or an IVLP one into a coupled model) would otherwise evaluate uncoupled, or with a
+    random mapping layer, silently. A checkpoint without any prompt tensor (the host's own weights)
+    still loads."""
+    def prompt_keys(keys):
+        return [k for k in keys if "prompts" in k.split(".")]
+
+    missing, unexpected = prompt_keys(incompatible.missing_keys), prompt_keys(incompatible.unexpected_keys)
+    own = [k for k, _ in module.prompts.state_dict().items()]
+    if unexpected or (missing and len(missing) < len(own)):
+        raise CheckpointError(f"this checkpoint's prompt tensors do not fit the model built (missing {missing[:4]}, "
+                       f"unexpected {unexpected[:4]}); fix: build with the same prompt settings it was trained "
+                       "with (PROMPTCOUPLE_CONFIG with its hard prompt for a GA2 checkpoint, none for IVLP)")
+
 
 def _accept_host_layouts(module: BoundPromptWrapper, state_dict: dict, prefix: str, *args: Any) -> None:
     """Rename, in place, the keys of checkpoints written without the wrapper to the wrapper's keys.

@@ -165,7 +165,7 @@ def load_clip(arch: str) -> nn.Module:
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
                 state = torch.jit.load(path, map_location="cpu").eval().state_dict()
         except RuntimeError:
-            state = torch.load(path, map_location="cpu")
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, whatever the torch version
         return theirs.build_model(dict(state), dict(NO_OWN_PROMPTS)).float()
     try:
         import clip as openai_clip  # OpenAI's package
