@@ -52,6 +52,7 @@ class HostState:
         self.host_train_mode = bool(host_train_mode)
         self.requires_grad = {name: p.requires_grad for name, p in host.named_parameters()}
         self.modes = {name: m.training for name, m in host.named_modules()}
+        self.own_train = host.__dict__.get("train")  # a host's own instance-level train, put back by restore
 
     def freeze(self) -> None:
         """``requires_grad`` off but for the ``train_host`` modules; frozen modules in evaluation mode."""
@@ -77,6 +78,8 @@ class HostState:
     def restore(self) -> None:
         """Every ``requires_grad`` and training flag as given, and the host's own ``train`` back."""
         self.host.__dict__.pop("train", None)
+        if self.own_train is not None:
+            self.host.train = self.own_train
         for name, p in self.host.named_parameters():
             p.requires_grad_(self.requires_grad.get(name, p.requires_grad))
         for name, module in self.host.named_modules():

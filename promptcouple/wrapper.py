@@ -141,7 +141,7 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         start = self.tokenizer.prefix_start(phrase)
         embedding = self.host.text.embedding
         ids = self.tokenizer([phrase])[0, start:start + n].to(self.host.parameter.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.prompts_disabled():  # a set added later: the hooks are already in place
             init = embedding(ids.unsqueeze(0))[0].float()
         return dataclasses.replace(config, n_ctx=n), init
 
@@ -193,8 +193,9 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         return self._class_prompts.tokens(classnames, rows)
 
     def _prompt_version(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
-        return tuple(t._version for t in self.prompts.state_dict(keep_vars=True).values())
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter; a
+        # tensor replaced outright (load_state_dict(assign=True)) is a new object at version 0.
+        return tuple((id(t), t._version) for t in self.prompts.state_dict(keep_vars=True).values())
 
     def _host_version(self) -> int:
         # In-place edits of the host's weights (load_state_dict, an optimizer on train_host) bump

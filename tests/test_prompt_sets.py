@@ -188,3 +188,33 @@ def test_prompt_set_errors(tmp_path):
     trains_host = pc.CouplingPromptWrapper(case.build(0), cfg, tokenizer=case.tokenizer(), train_host=["ln_final"])
     with pytest.raises(InvalidInputError, match="train_host"):
         trains_host.add_prompts("other", cfg)
+
+
+@pytest.mark.parametrize("name", ["open_clip-tok", "hf-clip"])
+def test_a_set_added_with_ctx_init_starts_from_the_phrase(name):
+    """The phrase is embedded with the hooks already in place: they must not put the active set's
+    context into it (the added set would start from the default set's prompts)."""
+    case = CASES[name]
+    cfg = pc.CouplingConfig(ctx_init="a photo of", text_depth=1, n_vision_ctx=0, vision_depth=0)
+    alone = pc.CouplingPromptWrapper(case.build(0), cfg, tokenizer=case.tokenizer())
+    wrapper = pc.CouplingPromptWrapper(case.build(0), pc.CouplingConfig(n_ctx=4, text_depth=1, n_vision_ctx=0,
+                                                                       vision_depth=0), tokenizer=case.tokenizer())
+    perturb(wrapper, 1)
+    wrapper.add_prompts("phrase", cfg)
+    wrapper.set_prompts("phrase")
+    torch.testing.assert_close(wrapper.prompts.ctx, alone.prompts.ctx, atol=0, rtol=0)
+
+
+def test_prompts_replaced_by_assignment_are_not_served_from_the_cache():
+    """load_state_dict(assign=True) gives new tensors at version 0: the cache must not mistake them."""
+    case = CASES["open_clip-tok"]
+    wrapper = pc.CouplingPromptWrapper(case.build(0), pc.CouplingConfig(n_ctx=4, text_depth=2, n_vision_ctx=0,
+                                                                        vision_depth=0), tokenizer=case.tokenizer())
+    wrapper.eval()
+    with torch.no_grad():
+        before = wrapper.encode_text(["archery", "bowling"])
+        g = torch.Generator().manual_seed(0)  # random, not a constant shift (LayerNorm would remove that)
+        state = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in wrapper.prompts.state_dict().items()}
+        wrapper.prompts.load_state_dict(state, assign=True)
+        after = wrapper.encode_text(["archery", "bowling"])
+    assert (after - before).abs().max() > 1e-4
