@@ -490,10 +490,11 @@ def test_two_train_processes_into_one_folder(f, tmp_path):
     assert first.returncode == 0, stderr
     assert second.returncode in (1, 2)
     line = _one_line_error(second)
-    if still_running:
-        assert second.returncode == 1 and "in use by another run" in line
-    else:  # the first run ended before the second looked: its checkpoint refuses the second
-        assert "already holds a checkpoint" in line
+    # While the first run holds the folder the second is refused by the lock, or, once the first has
+    # written an epoch's checkpoint (the second takes seconds to start), by that checkpoint, which is
+    # checked first; after the first has ended only the checkpoint can refuse it.
+    lock_refusal = second.returncode == 1 and "in use by another run" in line
+    assert (still_running and lock_refusal) or "already holds a checkpoint" in line, line
     # The first run's outputs are its own and complete.
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished" and [h["epoch"] for h in results["history"]] == list(range(1, epochs + 1))
