@@ -3,14 +3,16 @@
 Each full ``base2novel.py`` run is one world seed; pooling several gives the interval a
 recommendation needs, over cells of several worlds (95% Student-t) and over their test clips (95%
 paired bootstrap), computed by the same code as a single run's (``benchmarks/protocol/pooling.py``).
-Files of different protocols or settings (epochs, shots, test clips, backbone, datasets, splits) or
-with the same world seed twice are refused. Writes ``PREFIX.json``, ``PREFIX.md`` and the forest
-plot ``PREFIX.png``.
+Files of different protocols or settings (epochs, shots, test clips, backbone, datasets, splits) are
+refused. A later run may add rows to a world (``--methods ivlp+desc ...`` with the full run's
+``--out``, so it reuses that world's hard prompt); it is pooled beside the full run when a row in
+both reproduces to the last test clip, and refused otherwise, as is one world's full run twice.
+Writes ``PREFIX.json``, ``PREFIX.md`` and the forest plot ``PREFIX.png``.
 
 Example::
 
-    python benchmarks/pool.py benchmarks/results/base2novel_full_world{0,1}_cpu.json \\
-        --out benchmarks/results/base2novel_pooled_fromclip_worlds01_cpu
+    python benchmarks/pool.py benchmarks/results/base2novel_full_world{0,1,2}_cpu.json \\
+        benchmarks/results/base2novel_desc_world{0,1}_cpu.json --out benchmarks/results/base2novel_pooled_fromclip_cpu
 """
 
 from __future__ import annotations

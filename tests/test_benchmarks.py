@@ -459,7 +459,51 @@ def test_pool_equals_the_interval_over_concatenated_cells_and_refuses_unlike_fil
     with pytest.raises(InvalidInputError, match=r"hyperparameters\.epochs: 8 vs 5"):
         pooling.pool(pooling.load([a, longer]))
     again = _fake_result(tmp_path / "w0b.json", 0, seed=3)
-    with pytest.raises(InvalidInputError, match=r"cell da/s1/w0 is in both"):
+    with pytest.raises(InvalidInputError, match=r"in cell da/(s1/)?w0 is in both .* with different results"):
         pooling.pool(pooling.load([a, again]))
     with pytest.raises(SystemExit, match="cannot be pooled"):
         pool.main([str(a), str(other), "--out", str(tmp_path / "no")])
+
+
+def test_pool_takes_rows_added_to_a_world_by_a_later_run_and_checks_they_pair(tmp_path):
+    """A world's description rows run after its full run: pooled beside the old rows when they trained
+    from the same hard prompt and a row in both files reproduces to the last clip; else refused."""
+    import pool
+    from promptcouple.errors import InvalidInputError
+    from protocol import pooling
+
+    a, b = _fake_result(tmp_path / "w0.json", 0), _fake_result(tmp_path / "w1.json", 1)
+    for path, w in ((a, 0), (b, 1)):
+        doc = json.loads(path.read_text())
+        doc["hard_prompts_by_world_seed"] = {str(w): f"/runs/cache/hard_prompts_world{w}_abc/prompts.safetensors"}
+        path.write_text(json.dumps(doc))
+
+    def added(path, world, *, hard="abc", rerun=True, tamper=False):
+        base = json.loads((a if world == 0 else b).read_text())
+        desc = [{**r, "method": r["method"] + "+desc", "hm": r["hm"] + 1.0 + (r["split"] or 0)}
+                for r in base["runs"] if r["method"] in ("ivlp", "ga2")]
+        again = [dict(r) for r in base["runs"] if r["method"] == "ga2"] if rerun else []
+        if tamper:
+            again[0]["correct"] = {**again[0]["correct"], "base": "1" * len(again[0]["correct"]["base"])}
+        doc = {**base, "methods": ["ga2", "ivlp+desc", "ga2+desc"], "runs": again + desc,
+               "hard_prompts_by_world_seed": {str(world): f"/other/cache/hard_prompts_world{world}_{hard}/p.st"}}
+        path.write_text(json.dumps(doc))
+        return path
+
+    a_desc, b_desc = added(tmp_path / "w0d.json", 0), added(tmp_path / "w1d.json", 1, rerun=False)
+    doc = pool.main([str(a), str(b), str(a_desc), str(b_desc), "--out", str(tmp_path / "p"), "--resamples", "200"])
+    assert doc["methods"] == ["zero-shot", "ivlp", "ga2", "anchors", "ivlp+desc", "ga2+desc"]
+    assert doc["methods_left_out"] == [] and doc["n_cells"] == 8 and doc["reproduced"] == {"ga2": 4}
+    # ivlp+desc was written as ivlp + 1 + split: the pooled difference over cells is exactly that
+    assert doc["paired_descriptions_vs_plain"]["ivlp+desc"]["cells"]["mean"] == pytest.approx(2.5)
+    assert doc["paired_descriptions_vs_plain"]["ivlp+desc"]["plain"] == "ivlp"
+    assert doc["paired_vs_ivlp"]["ivlp+desc"]["cells"]["mean"] == pytest.approx(2.5)
+    assert "With descriptions against the same method" in (tmp_path / "p.md").read_text()
+    assert "ga2 (4)" in (tmp_path / "p.md").read_text()
+    # rows added to one world only are left out, not pooled over fewer cells
+    partial = pooling.pool(pooling.load([a, b, a_desc]), resamples=100)
+    assert partial["methods_left_out"] == ["ivlp+desc", "ga2+desc"]
+    with pytest.raises(InvalidInputError, match=r"world seed 0 in .* trained from different inputs .*hard_prompt"):
+        pooling.pool(pooling.load([a, b, added(tmp_path / "x.json", 0, hard="xyz")]))
+    with pytest.raises(InvalidInputError, match=r"ga2 in cell da/s1/w0 is in both .* with different results"):
+        pooling.pool(pooling.load([a, b, added(tmp_path / "t.json", 0, tamper=True)]))

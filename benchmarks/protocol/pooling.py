@@ -6,7 +6,13 @@ of several runs in one interval. The pooled records go through the same code as 
 (:func:`.reports.paired_comparison`, i.e. ``benchmarks/stats.py``), so a pooled interval is, by
 construction, the interval of the concatenated cells. Files are pooled only when they measure the
 same thing: same protocol, preset, hyperparameters (epochs, shots, test clips, ...), model and
-backbone recipe, datasets and splits, and disjoint cells (no world seed twice).
+backbone recipe, datasets and splits.
+
+Two files may share a world seed when one adds rows to the other (``--methods ivlp+desc ...`` run
+after a full run): they must then have trained from the same per-world inputs (hard prompt, k400
+backbone), and a method and cell in both must hold the same result to the last test clip (a
+rerun that reproduces, which is the evidence that the added rows pair with the old ones); anything
+else is refused. A method is pooled when it covers every cell IVLP covers.
 """
 
 from __future__ import annotations
@@ -88,21 +94,86 @@ def check_poolable(docs: Sequence[dict]) -> None:
                 f"pool: {doc['_path']} and {docs[0]['_path']} were run differently and cannot be pooled: "
                 + "; ".join(diff[:8]) + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
                 + ". Pool only runs of one protocol and one setting (rerun the odd one with the others' options)")
-    seen: dict[str, str] = {}
+    _check_world_inputs(docs)
+    merged_records(docs)  # refuses a method and cell two files disagree on
+
+
+def world_inputs(doc: dict) -> dict:
+    """Per world seed, what its runs trained from, by the cache's name (a hash of how it was made):
+    the hard prompt and, in the k400-first protocol, the fine-tuned backbone."""
+    seeds = doc.get("world_seeds") or [doc.get("world_seed")]
+    hard = doc.get("hard_prompts_by_world_seed") or {}
+    backbones = doc.get("k400_backbone") or {}
+    return {str(w): {"hard_prompt": Path(hard[str(w)]).parent.name if hard.get(str(w)) else None,
+                     "backbone": Path(backbones[str(w)]["path"]).name if str(w) in backbones else None}
+            for w in seeds}
+
+
+def _check_world_inputs(docs: Sequence[dict]) -> None:
+    seen: dict[str, tuple[dict, str]] = {}
     for doc in docs:
-        hms, _ = reports.cells(doc["runs"])
-        for cell in sorted({c for per_method in hms.values() for c in per_method}):
-            if cell in seen:
+        for seed, made_from in world_inputs(doc).items():
+            if seed in seen and seen[seed][0] != made_from:
                 raise InvalidInputError(
-                    f"pool: cell {cell} is in both {seen[cell]} and {doc['_path']}: each world seed may be pooled "
-                    "once (run the other world with --world-seed N)")
-            seen[cell] = doc["_path"]
+                    f"pool: world seed {seed} in {seen[seed][1]} and {doc['_path']} trained from different inputs "
+                    f"({'; '.join(_differences(seen[seed][0], made_from))}): their rows do not pair. Run the added "
+                    "methods with the first run's --out, so they reuse its cached hard prompt and backbone")
+            seen.setdefault(seed, (made_from, doc["_path"]))
 
 
-def methods_of(docs: Sequence[dict]) -> tuple[list[Method], list[str]]:
-    """The methods every file has, in the first file's order, and those some file lacks."""
-    common = [n for n in docs[0]["methods"] if all(n in d["methods"] for d in docs)]
-    left = sorted({n for d in docs for n in d["methods"]} - set(common))
+def merged_records(docs: Sequence[dict]) -> list[dict]:
+    """Every file's records, a method and cell that several files hold kept once.
+
+    Raises:
+        InvalidInputError: a method and cell in two files with different results (another world
+            seed's run given twice, or a rerun that did not reproduce).
+    """
+    out: list[dict] = []
+    seen: dict[tuple, tuple[dict, str]] = {}
+    for doc in docs:
+        for record in doc["runs"]:
+            key = (record["method"], record["dataset"], record.get("split"), record.get("world_seed", 0))
+            if key in seen:
+                first, where = seen[key]
+                if _result(first) != _result(record):
+                    cell = f"{key[1]}/s{key[2]}/w{key[3]}" if key[2] is not None else f"{key[1]}/w{key[3]}"
+                    raise InvalidInputError(
+                        f"pool: {key[0]} in cell {cell} is in both {where} and {doc['_path']} with different results "
+                        f"(HM {first.get('hm')} vs {record.get('hm')}): each world seed may be pooled once (run the "
+                        "other world with --world-seed N); a file that adds rows to a world may repeat a row only "
+                        "as a rerun that reproduces it")
+                continue
+            seen[key] = (record, doc["_path"])
+            out.append(record)
+    return out
+
+
+def _result(record: dict) -> tuple:
+    return record.get("base"), record.get("novel"), record.get("hm"), record.get("correct")
+
+
+def reproduced(docs: Sequence[dict]) -> dict:
+    """Per method, how many of its records were in more than one file (and agreed to the last clip)."""
+    counts: dict[tuple, int] = {}
+    for doc in docs:
+        for r in doc["runs"]:
+            key = (r["method"], r["dataset"], r.get("split"), r.get("world_seed", 0))
+            counts[key] = counts.get(key, 0) + 1
+    out: dict[str, int] = {}
+    for key, n in counts.items():
+        if n > 1:
+            out[key[0]] = out.get(key[0], 0) + 1
+    return out
+
+
+def methods_of(docs: Sequence[dict], records: Sequence[dict]) -> tuple[list[Method], list[str]]:
+    """The methods that cover every cell IVLP covers, in the order the files list them, and the
+    others (left out: pooled over fewer cells they would not pair with the rest)."""
+    hms, _ = reports.cells(records)
+    names = list(dict.fromkeys(n for d in docs for n in d["methods"]))
+    full = set(hms.get("ivlp", {}))
+    common = [n for n in names if full and set(hms.get(n, {})) == full]
+    left = [n for n in names if n not in common]
     return [METHODS.get(n) or Method(n, n) for n in common], left
 
 
@@ -114,13 +185,15 @@ def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
         intervals are :func:`.reports.paired_comparison` over the concatenated records.
     """
     check_poolable(docs)
-    methods, left_out = methods_of(docs)
+    every = merged_records(docs)
+    methods, left_out = methods_of(docs, every)
     names = {m.name for m in methods}
     if "ivlp" not in names:
         raise InvalidInputError("pool: the files have no common 'ivlp' rows to compare with; run base2novel.py "
                                 "with ivlp among --methods")
-    records = [r for d in docs for r in d["runs"] if r["method"] in names]
+    records = [r for r in every if r["method"] in names]
     paired = reports.paired_comparison(records, "ivlp", resamples=resamples)
+    with_descriptions = reports.description_comparison(records, methods, resamples=resamples)
     hms, _ = reports.cells(records)
     seeds = sorted({s for d in docs for s in (d.get("world_seeds") or [d.get("world_seed")]) if s is not None})
     table = reports.base_novel_table(records, methods, docs[0]["datasets"])
@@ -130,6 +203,7 @@ def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
             "sources": [d["_path"] for d in docs], "signature": signature(docs[0]),
             "methods": [m.name for m in methods], "methods_left_out": left_out, "datasets": docs[0]["datasets"],
             "splits": docs[0]["splits"], "n_cells": len(hms["ivlp"]), "paired_vs_ivlp": paired,
+            "paired_descriptions_vs_plain": with_descriptions, "reproduced": reproduced(docs),
             "hm_by_cell": hms, "table": table, "per_file": per_file, "resamples": resamples}
 
 
@@ -146,8 +220,15 @@ def markdown(pooled: dict) -> str:
            + "\n".join(reports.readings(pooled["paired_vs_ivlp"], methods))
            + "\n\nTop-1 % (Base / Novel / HM), mean over the pooled splits and world seeds, last epoch:\n\n"
            + reports.format_base_novel(pooled["table"], methods, pooled["datasets"]))
+    if pooled.get("paired_descriptions_vs_plain"):
+        out += ("\n\nWith descriptions against the same method without them (HM, paired by cell), top-1 points:\n\n"
+                + reports.format_comparison(pooled["paired_descriptions_vs_plain"], methods, "plain row") + "\n\n"
+                + "\n".join(reports.readings(pooled["paired_descriptions_vs_plain"], methods)))
+    if pooled.get("reproduced"):
+        out += ("\n\nRows in more than one file, identical to the last test clip (reruns): "
+                + ", ".join(f"{m} ({n})" for m, n in pooled["reproduced"].items()))
     if pooled["methods_left_out"]:
-        out += f"\n\nLeft out (not in every file): {', '.join(pooled['methods_left_out'])}"
+        out += f"\n\nLeft out (not in every cell IVLP is in): {', '.join(pooled['methods_left_out'])}"
     return out
 
 
