@@ -507,3 +507,40 @@ def test_pool_takes_rows_added_to_a_world_by_a_later_run_and_checks_they_pair(tm
         pooling.pool(pooling.load([a, b, added(tmp_path / "x.json", 0, hard="xyz")]))
     with pytest.raises(InvalidInputError, match=r"ga2 in cell da/s1/w0 is in both .* with different results"):
         pooling.pool(pooling.load([a, b, added(tmp_path / "t.json", 0, tamper=True)]))
+
+
+def test_pool_joins_world_code_versions_only_through_reproduced_rows(tmp_path):
+    """Results made after a change in promptcouple/world carry another code hash: pooled with the older
+    ones only when a rerun of older rows with the new code reproduces them to the last clip."""
+    from promptcouple.errors import InvalidInputError
+    from protocol import pooling
+
+    a, b = _fake_result(tmp_path / "w0.json", 0), _fake_result(tmp_path / "w1.json", 1)
+
+    def recode(path, code, *, methods=None, top1=None, tamper=False):
+        doc = json.loads(path.read_text())
+        doc["inputs"] = {"world_code": code}
+        if methods:
+            doc["methods"], doc["runs"] = methods, [r for r in doc["runs"] if r["method"] in methods]
+        if tamper:
+            doc["runs"][0]["hm"] += 0.5
+        if top1 is not None:
+            doc["machine"] = {"hard_prompt": {"source_top1": top1}}
+        out = tmp_path / f"{path.stem}_{code}{'_t' if tamper else ''}{top1 or ''}.json"
+        out.write_text(json.dumps(doc))
+        return out
+
+    newer = recode(b, "def")
+    with pytest.raises(InvalidInputError, match=r"made with the world's code 'def'.*no row in common"):
+        pooling.pool(pooling.load([a, newer]))
+    bridge = recode(a, "def", methods=["zero-shot", "ivlp"])  # world 0's rows rerun with the new code
+    pooled = pooling.pool(pooling.load([a, newer, bridge]), resamples=100)
+    assert pooled["n_cells"] == 8 and pooled["reproduced"] == {"zero-shot": 2, "ivlp": 4}
+    versions = pooled["world_code_versions"]
+    assert versions["abc"]["files"] == [str(a)] and versions["def"]["rows_shared_with_other_versions"] == 6
+    assert "World code versions" in pooling.markdown(pooled)
+    with pytest.raises(InvalidInputError, match="with different results"):
+        pooling.pool(pooling.load([a, newer, recode(a, "def", methods=["zero-shot", "ivlp"], tamper=True)]))
+    with pytest.raises(InvalidInputError, match=r"world seed 0 .*hard_prompt_top1: 20\.5 vs 21\.0"):
+        pooling.pool(pooling.load([recode(a, "abc", top1=20.5), newer,
+                                   recode(a, "def", methods=["zero-shot", "ivlp"], top1=21.0)]))

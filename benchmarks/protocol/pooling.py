@@ -13,6 +13,12 @@ after a full run): they must then have trained from the same per-world inputs (h
 backbone), and a method and cell in both must hold the same result to the last test clip (a
 rerun that reproduces, which is the evidence that the added rows pair with the old ones); anything
 else is refused. A method is pooled when it covers every cell IVLP covers.
+
+The world's code is hashed whole into every result (``inputs.world_code``), so a change anywhere in
+``promptcouple/world`` (a new helper, say) marks every later result as made by another world.
+Files of two code versions are pooled only when rows they share reproduce to the last test clip:
+a rerun of an old world's rows with the new code (``--world-seed 0 --methods zero-shot coop``)
+shows the clips, the world CLIP and training unchanged, and joins the versions.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def backbone(doc: dict) -> dict:
     """The backbone a run trained from, without what is per world: k400-first fine-tunes one per
     world seed (its path and file identity differ), so the recipe is what must agree."""
     model = dict(doc.get("model") or {})
-    inputs = {k: v for k, v in (doc.get("inputs") or {}).items()}
+    inputs = {k: v for k, v in (doc.get("inputs") or {}).items() if k != "world_code"}  # checked by rows
     if doc.get("protocol") == "k400-first":
         model.pop("backbone_checkpoint", None)
         inputs.pop("backbone_checkpoint", None)
@@ -96,29 +102,84 @@ def check_poolable(docs: Sequence[dict]) -> None:
                 + ". Pool only runs of one protocol and one setting (rerun the odd one with the others' options)")
     _check_world_inputs(docs)
     merged_records(docs)  # refuses a method and cell two files disagree on
+    code_versions(docs)
+
+
+def _code(doc: dict) -> "str | None":
+    return (doc.get("inputs") or {}).get("world_code")
+
+
+def _row_keys(doc: dict) -> set:
+    return {(r["method"], r["dataset"], r.get("split"), r.get("world_seed", 0)) for r in doc["runs"]}
+
+
+def code_versions(docs: Sequence[dict]) -> dict:
+    """The world code versions among the files, each joined to the others by rows both reproduce.
+
+    Returns:
+        ``{code: {"files": [...], "rows_shared_with_other_versions": n}}``.
+
+    Raises:
+        InvalidInputError: a code version no shared row joins to the rest.
+    """
+    versions: dict = {}
+    for doc in docs:
+        versions.setdefault(_code(doc), []).append(doc)
+    keys = {code: set().union(*(_row_keys(d) for d in group)) for code, group in versions.items()}
+    codes = list(versions)
+    joined, frontier = {codes[0]}, [codes[0]]
+    while frontier:  # the versions reachable through shared (and, by merged_records, identical) rows
+        code = frontier.pop()
+        for other in codes:
+            if other not in joined and keys[code] & keys[other]:
+                joined.add(other)
+                frontier.append(other)
+    alone = [c for c in codes if c not in joined]
+    if alone:
+        files = ", ".join(d["_path"] for c in alone for d in versions[c])
+        raise InvalidInputError(
+            f"pool: {files} were made with the world's code {alone[0]!r}, the others with {codes[0]!r}, and no row "
+            "in common shows the world's clips, CLIP and training unchanged between them. Rerun a few rows of one "
+            "world with the code of the others (e.g. base2novel.py --world-seed 0 --methods zero-shot coop) and "
+            "add its file: the rows it shares must reproduce to the last test clip")
+    return {code: {"files": [d["_path"] for d in group],
+                   "rows_shared_with_other_versions": len(keys[code] & set().union(
+                       *(keys[o] for o in codes if o != code))) if len(codes) > 1 else 0}
+            for code, group in versions.items()}
 
 
 def world_inputs(doc: dict) -> dict:
     """Per world seed, what its runs trained from, by the cache's name (a hash of how it was made):
-    the hard prompt and, in the k400-first protocol, the fine-tuned backbone."""
+    the hard prompt and, in the k400-first protocol, the fine-tuned backbone; in a one-world file
+    also the hard prompt's own top-1 on its source, which a retrained hard prompt must reproduce."""
     seeds = doc.get("world_seeds") or [doc.get("world_seed")]
     hard = doc.get("hard_prompts_by_world_seed") or {}
     backbones = doc.get("k400_backbone") or {}
+    trained = ((doc.get("machine") or {}).get("hard_prompt") or {}).get("source_top1") if len(seeds) == 1 else None
     return {str(w): {"hard_prompt": Path(hard[str(w)]).parent.name if hard.get(str(w)) else None,
+                     "hard_prompt_top1": trained,
                      "backbone": Path(backbones[str(w)]["path"]).name if str(w) in backbones else None}
             for w in seeds}
 
 
 def _check_world_inputs(docs: Sequence[dict]) -> None:
-    seen: dict[str, tuple[dict, str]] = {}
+    seen: dict[str, tuple[dict, str, "str | None"]] = {}
     for doc in docs:
         for seed, made_from in world_inputs(doc).items():
-            if seed in seen and seen[seed][0] != made_from:
+            if seed not in seen:
+                seen[seed] = (made_from, doc["_path"], _code(doc))
+                continue
+            first, where, code = seen[seed]
+            # cache names hash the world's code: across code versions only the hard prompt's top-1 compares
+            fields = list(made_from) if code == _code(doc) else ["hard_prompt_top1"]
+            diff = [f"{k}: {first[k]!r} vs {made_from[k]!r}" for k in fields
+                    if first[k] is not None and made_from[k] is not None and first[k] != made_from[k]]
+            if diff:
                 raise InvalidInputError(
-                    f"pool: world seed {seed} in {seen[seed][1]} and {doc['_path']} trained from different inputs "
-                    f"({'; '.join(_differences(seen[seed][0], made_from))}): their rows do not pair. Run the added "
-                    "methods with the first run's --out, so they reuse its cached hard prompt and backbone")
-            seen.setdefault(seed, (made_from, doc["_path"]))
+                    f"pool: world seed {seed} in {where} and {doc['_path']} trained from different inputs "
+                    f"({'; '.join(diff)}): their rows do not pair. Run the added methods with the first run's "
+                    "--out, so they reuse its cached hard prompt and backbone (with the same code, a retrained "
+                    "hard prompt must reach the same top-1)")
 
 
 def merged_records(docs: Sequence[dict]) -> list[dict]:
@@ -204,6 +265,7 @@ def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
             "methods": [m.name for m in methods], "methods_left_out": left_out, "datasets": docs[0]["datasets"],
             "splits": docs[0]["splits"], "n_cells": len(hms["ivlp"]), "paired_vs_ivlp": paired,
             "paired_descriptions_vs_plain": with_descriptions, "reproduced": reproduced(docs),
+            "world_code_versions": code_versions(docs),
             "hm_by_cell": hms, "table": table, "per_file": per_file, "resamples": resamples}
 
 
@@ -227,6 +289,10 @@ def markdown(pooled: dict) -> str:
     if pooled.get("reproduced"):
         out += ("\n\nRows in more than one file, identical to the last test clip (reruns): "
                 + ", ".join(f"{m} ({n})" for m, n in pooled["reproduced"].items()))
+    if len(pooled.get("world_code_versions") or {}) > 1:
+        out += ("\n\nWorld code versions (joined by rows reproduced to the last test clip): " + "; ".join(
+            f"{code}: {', '.join(v['files'])} ({v['rows_shared_with_other_versions']} rows shared)"
+            for code, v in pooled["world_code_versions"].items()))
     if pooled["methods_left_out"]:
         out += f"\n\nLeft out (not in every cell IVLP is in): {', '.join(pooled['methods_left_out'])}"
     return out
