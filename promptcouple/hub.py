@@ -282,7 +282,7 @@ def save_pretrained(source, directory: PathLike, *, results: Optional[dict] = No
 def from_pretrained(cls, model, source, *, hard_prompts=None, revision: Optional[str] = None, **kwargs):
     """Wrap ``model`` with the config, hard prompt and tensors of the prompt file ``source`` names
     (a file, a folder, ``org/repo`` or ``hf-hub:...``; see :func:`resolve_prompt_source`)."""
-    from promptcouple.io import PromptFile, read_prompt_file
+    from promptcouple.io import PromptFile, read_prompt_file, recorded_descriptions
 
     pf = source if isinstance(source, PromptFile) else read_prompt_file(resolve_prompt_source(source, revision=revision))
     if pf.coupled and hard_prompts is None:
@@ -293,7 +293,7 @@ def from_pretrained(cls, model, source, *, hard_prompts=None, revision: Optional
     kwargs.setdefault("train_host", tuple(json.loads(pf.metadata.get("train_host", "[]"))))
     wrapper = cls(model, pf.config, hard_prompts=hard_prompts if pf.coupled else None, **kwargs)
     wrapper.load_prompts(pf)
-    wrapper.descriptions = json.loads(pf.metadata.get("descriptions", "null"))  # those it was trained with
+    wrapper.descriptions = recorded_descriptions(pf)  # those it was trained with
     return wrapper
 
 

@@ -123,6 +123,14 @@ def run_info_of(metadata: dict[str, str]) -> dict:
     return out
 
 
+def recorded_descriptions(pf: PromptFile) -> Optional[dict[str, tuple[str, ...]]]:
+    """The class descriptions a prompt file was trained and evaluated with (``None``: class names)."""
+    from promptcouple.descriptions import check_descriptions
+
+    described = run_info_of(pf.metadata).get("descriptions")
+    return check_descriptions(described, "the prompt file's recorded descriptions") if described else None
+
+
 def _metadata(config: CouplingConfig, tensors: dict[str, torch.Tensor], host: str = "",
               train_host: Sequence[str] = (), run_info: Optional[dict] = None,
               extra: Optional[dict[str, str]] = None) -> dict[str, str]:

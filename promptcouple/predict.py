@@ -184,17 +184,22 @@ class Predictor:
         # display name -> the wrapper's name of that prompt set
         self.prompt_sets = {names[0]: getattr(self.wrapper, "active_prompts", names[0])}
         self._zero_shot = None
-        for name, source in zip(names[1:], sources[1:]):
-            self.add_prompts(source, name=name)
+        self._given_descriptions = None  # for every prompt set, over what each file records
         if isinstance(descriptions, (str, os.PathLike)):
             from promptcouple.descriptions import read_descriptions
 
-            self.wrapper.descriptions = read_descriptions(descriptions, self.classnames)
+            self._given_descriptions = read_descriptions(descriptions, self.classnames)
             self.descriptions_source = str(descriptions)
         elif descriptions is not None:
-            self.wrapper.descriptions, self.descriptions_source = descriptions, "given"
+            from promptcouple.descriptions import check_descriptions
+
+            self._given_descriptions, self.descriptions_source = check_descriptions(descriptions), "given"
         else:
             self.descriptions_source = "recorded in the prompt file"
+        if self._given_descriptions is not None:
+            self.wrapper.descriptions = self._given_descriptions
+        for name, source in zip(names[1:], sources[1:]):
+            self.add_prompts(source, name=name)
 
     def add_prompts(self, source: PathLike, *, name: Optional[str] = None) -> str:
         """Load another prompt file onto the same backbone as a named prompt set; returns its name.
@@ -213,6 +218,11 @@ class Predictor:
             raise InvalidInputError(f"prompt set {name!r} is already loaded; give another name")
         self.wrapper.add_prompts(name, path)
         self.prompt_sets[name] = name
+        if self._given_descriptions is not None:
+            active = self.wrapper.active_prompts
+            self.wrapper.set_prompts(name)
+            self.wrapper.descriptions = self._given_descriptions
+            self.wrapper.set_prompts(active)
         return name
 
     def _model(self, prompt_set: Optional[str]):
@@ -245,6 +255,7 @@ class Predictor:
         self.classnames, self.classes_source = resolve_classes(list(classes), {})
         self.device, self.batch_size = wrapper.device, int(batch_size)
         self.prompts, self.descriptions_source = f"a {type(wrapper).__name__} in memory", "given"
+        self._given_descriptions = None
         self.wrapper = wrapper.eval()
         self.prompt_sets = {getattr(wrapper, "active_prompts", "prompts"): getattr(wrapper, "active_prompts", "prompts")}
         self._zero_shot = None

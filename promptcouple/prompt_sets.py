@@ -2,7 +2,8 @@
 
 One backbone stays in memory and hooked once; each set keeps its own tensors (a
 :class:`~promptcouple.prompts.PromptLearner` with its config and hard prompt), its class prompts
-and token ids, and its cached class features. The active set is the wrapper's registered
+and token ids, its cached class features and its class descriptions (a file's own, those it was
+trained and evaluated with). The active set is the wrapper's registered
 ``prompts`` module, so ``state_dict()``, ``named_trainable_parameters()`` (``prompts.*``), the
 optimizer and prompt files see exactly one set, as with a single set; the others live outside the
 module tree and follow ``.to()`` / ``.half()`` through :meth:`PromptSets._apply`.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from promptcouple.classnames import ClassPrompts
 from promptcouple.config import CouplingConfig
@@ -24,12 +25,13 @@ DEFAULT_SET = "default"
 
 @dataclass
 class PromptSet:
-    """One named set: its tensors, its class prompts (token ids cached per class set) and its
-    class features cached for evaluation."""
+    """One named set: its tensors, its class prompts (token ids cached per class set), its class
+    features cached for evaluation and its class descriptions (``wrapper.descriptions`` while active)."""
 
     prompts: PromptLearner
     class_prompts: ClassPrompts
     features: dict = field(default_factory=dict)
+    descriptions: Optional[dict[str, tuple[str, ...]]] = None
 
 
 class PromptSets:
@@ -52,13 +54,13 @@ class PromptSets:
 
         Args:
             name: A new name.
-            source: A prompt file (path or loaded ``PromptFile``): its config, hard prompt and
-                tensors; or a :class:`CouplingConfig`: a new trainable set, initialised as a new
-                wrapper's would be.
+            source: A prompt file (path or loaded ``PromptFile``): its config, hard prompt,
+                tensors and the class descriptions it records; or a :class:`CouplingConfig`: a new
+                trainable set, initialised as a new wrapper's would be.
             hard_prompts: With a config, the hard prompt the new set is coupled to; with a file
                 converted without its hard prompt, that hard prompt.
         """
-        from promptcouple.io import PromptFile, load_prompts_into, read_prompt_file
+        from promptcouple.io import PromptFile, load_prompts_into, read_prompt_file, recorded_descriptions
 
         self._check_wrapped()
         if not (isinstance(name, str) and name.strip()):
@@ -84,6 +86,7 @@ class PromptSets:
                 raise PromptFileError(f"add_prompts({name!r}): the file was trained with a hard prompt that it does "
                                       "not contain (converted from a GA2-CLIP checkpoint?); pass hard_prompts=")
         new = self._prompt_set(source.config, hard_prompts if source.coupled else None)
+        new.descriptions = recorded_descriptions(source)
         self._sets[name] = new
         previous = self._active_set
         try:  # load through the one checked path, with the new set active for a moment

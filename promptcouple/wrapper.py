@@ -77,7 +77,6 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         # class prompts and token ids (``_class_prompts``) and cached class features.
         self._sets: dict[str, PromptSet] = {DEFAULT_SET: self._prompt_set(config, hard_prompts)}
         self._switch(DEFAULT_SET)
-        self._descriptions: Optional[dict[str, tuple[str, ...]]] = None
 
         # Freeze the host, remembering its flags and modes so that unwrap() restores them exactly.
         self.train_host = tuple(train_host)
@@ -176,12 +175,13 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
     def descriptions(self) -> Optional[dict[str, tuple[str, ...]]]:
         """Class descriptions that :meth:`encode_text` and :meth:`forward` use when given none,
         ``{class: (description, ...)}``; a class not in it is encoded by its name (``None``: every
-        class). The Trainer sets them from ``data.descriptions``; prompt files record and restore them."""
-        return self._descriptions
+        class). The Trainer sets them from ``data.descriptions``; prompt files record and restore them.
+        They belong to the active prompt set: each set keeps those its file was trained with."""
+        return self._sets[self._active_set].descriptions
 
     @descriptions.setter
     def descriptions(self, value: Optional[Mapping[str, Sequence[str]]]) -> None:
-        self._descriptions = check_descriptions(value) if value else None
+        self._sets[self._active_set].descriptions = check_descriptions(value) if value else None
 
     def tokenize(self, classnames: Sequence[str]) -> torch.Tensor:
         """Token ids ``(K, context_length)`` of the class prompts, cached per class set."""
@@ -239,7 +239,7 @@ class CouplingPromptWrapper(PromptHooks, PromptSets, nn.Module):
         """
         self._check_wrapped()
         names = check_classnames(classnames)
-        rows = description_rows(names, self._descriptions if descriptions is None else check_descriptions(descriptions))
+        rows = description_rows(names, self.descriptions if descriptions is None else check_descriptions(descriptions))
         cacheable = not (self.training or torch.is_grad_enabled())
         key = None
         if cacheable:

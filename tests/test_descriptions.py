@@ -296,6 +296,43 @@ def test_training_records_and_eval_and_predict_use_the_descriptions(described_ru
         Predictor(r["prompts"], device="cpu", descriptions=bad)
 
 
+def test_each_prompt_set_keeps_the_descriptions_its_file_records(described_run, tmp_path):
+    """Several prompt files on one backbone: each set scores with its own file's descriptions (none
+    for a file trained on names), equal to a predictor of that file alone; given descriptions win
+    for every set."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from promptcouple.predict import Predictor
+
+    r = described_run
+    with safe_open(str(r["prompts"]), "pt") as f:
+        metadata = dict(f.metadata())
+    metadata.pop("descriptions")
+    (tmp_path / "plain").mkdir()
+    plain_file = tmp_path / "plain" / "prompts.safetensors"  # the same tensors, recorded without descriptions
+    save_file(load_file(str(r["prompts"])), str(plain_file), metadata=metadata)
+    frames = r["frames"][:, :1]
+
+    both = Predictor([r["prompts"], plain_file], device="cpu")
+    described_name, plain_name = list(both.prompt_sets)
+    alone = {described_name: Predictor(r["prompts"], device="cpu"),
+             plain_name: Predictor(plain_file, device="cpu", config=both.cfg)}
+    assert alone[plain_name].wrapper.descriptions is None and alone[described_name].wrapper.descriptions
+    for name in (plain_name, described_name, plain_name):  # switching back and forth
+        torch.testing.assert_close(both.probabilities(frames, prompt_set=name),
+                                   alone[name].probabilities(frames), atol=1e-6, rtol=0)
+        assert (both.wrapper.descriptions is None) == (name == plain_name)
+    assert (both.probabilities(frames, prompt_set=plain_name)
+            - both.probabilities(frames, prompt_set=described_name)).abs().max() > 1e-4
+
+    given = {"red": ["crimson"], "green": ["grass"], "blue": ["sky"]}
+    over = Predictor([r["prompts"], plain_file], device="cpu", descriptions=given)
+    for name in over.prompt_sets:
+        over.probabilities(frames[:1], prompt_set=name)
+        assert over.wrapper.descriptions == {k: tuple(v) for k, v in given.items()}, name
+
+
 # ------------------------------------------------------------------------------- the benchmarks
 
 def test_base2novel_description_rows_and_forest_plot(tmp_path):

@@ -390,11 +390,9 @@ def evaluate_config(config: Union[TrainConfig, PathLike],
     ctx = setup_distributed(cfg.run.device)
     try:
         wrapper = build_wrapper(cfg, ctx.device, prompts=files[0])
-        if datasets.descriptions is not None:  # the config's (data.descriptions) over the prompt file's record
-            wrapper.descriptions = datasets.descriptions
         set_names = [getattr(wrapper, "active_prompts", None)] + names[1:]
         for name, path in zip(names[1:], files[1:]):
-            wrapper.add_prompts(name, path)
+            wrapper.add_prompts(name, path)  # with the descriptions its file records
         table = {}
         for name, set_name, path, folder in zip(names, set_names, files, dirs):
             if ctx.is_main:
@@ -405,6 +403,8 @@ def evaluate_config(config: Union[TrainConfig, PathLike],
                             f"{cfg.data.num_frames} frames of {cfg.data.image_size}px", ctx.device, ctx.world_size)
             if several:
                 wrapper.set_prompts(set_name)
+            if datasets.descriptions is not None:  # the config's (data.descriptions) over the prompt file's record
+                wrapper.descriptions = datasets.descriptions
             model = wrapper if path is not None else zero_shot_classifier(wrapper)
             results = evaluate_sets(model, datasets, cfg, ctx=ctx, report_dir=folder)
             table[name] = results
