@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from promptcouple.errors import InvalidInputError, MissingFileError
 
@@ -84,11 +84,22 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} vs {b!r}"]
 
 
-def check_poolable(docs: Sequence[dict]) -> None:
-    """Refuse files that do not measure the same thing, or that share a cell.
+class Merged(NamedTuple):
+    """What :func:`check_poolable` found poolable: every record once, the rows several files hold
+    (per method, how many: reruns that reproduced), and the world code versions (:func:`code_versions`)."""
+
+    records: list
+    reproduced: dict
+    code_versions: dict
+
+
+def check_poolable(docs: Sequence[dict]) -> Merged:
+    """Refuse files that do not measure the same thing, that trained one world from different
+    inputs, that disagree on a row they share, or that are of a world code version no shared row
+    joins to the others; return the records merged.
 
     Raises:
-        InvalidInputError: naming the two files and every differing field.
+        InvalidInputError: naming the files and what differs.
     """
     if len(docs) < 2:
         raise InvalidInputError(f"pool: give at least two result files (got {len(docs)})")
@@ -101,16 +112,17 @@ def check_poolable(docs: Sequence[dict]) -> None:
                 + "; ".join(diff[:8]) + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
                 + ". Pool only runs of one protocol and one setting (rerun the odd one with the others' options)")
     _check_world_inputs(docs)
-    merged_records(docs)  # refuses a method and cell two files disagree on
-    code_versions(docs)
+    records, reproduced = merged_records(docs)  # refuses a method and cell two files disagree on
+    return Merged(records, reproduced, code_versions(docs))
 
 
 def _code(doc: dict) -> "str | None":
     return (doc.get("inputs") or {}).get("world_code")
 
 
-def _row_keys(doc: dict) -> set:
-    return {(r["method"], r["dataset"], r.get("split"), r.get("world_seed", 0)) for r in doc["runs"]}
+def _row_key(record: dict) -> tuple:
+    """A row: its method and cell (``split`` None for the frozen zero-shot row)."""
+    return record["method"], record["dataset"], record.get("split"), record.get("world_seed", 0)
 
 
 def code_versions(docs: Sequence[dict]) -> dict:
@@ -125,7 +137,7 @@ def code_versions(docs: Sequence[dict]) -> dict:
     versions: dict = {}
     for doc in docs:
         versions.setdefault(_code(doc), []).append(doc)
-    keys = {code: set().union(*(_row_keys(d) for d in group)) for code, group in versions.items()}
+    keys = {code: {_row_key(r) for d in group for r in d["runs"]} for code, group in versions.items()}
     codes = list(versions)
     joined, frontier = {codes[0]}, [codes[0]]
     while frontier:  # the versions reachable through shared (and, by merged_records, identical) rows
@@ -142,9 +154,11 @@ def code_versions(docs: Sequence[dict]) -> dict:
             "in common shows the world's clips, CLIP and training unchanged between them. Rerun a few rows of one "
             "world with the code of the others (e.g. base2novel.py --world-seed 0 --methods zero-shot coop) and "
             "add its file: the rows it shares must reproduce to the last test clip")
+    def others(code):
+        return set().union(*(keys[o] for o in codes if o != code))
+
     return {code: {"files": [d["_path"] for d in group],
-                   "rows_shared_with_other_versions": len(keys[code] & set().union(
-                       *(keys[o] for o in codes if o != code))) if len(codes) > 1 else 0}
+                   "rows_shared_with_other_versions": len(keys[code] & others(code))}
             for code, group in versions.items()}
 
 
@@ -182,8 +196,9 @@ def _check_world_inputs(docs: Sequence[dict]) -> None:
                     "hard prompt must reach the same top-1)")
 
 
-def merged_records(docs: Sequence[dict]) -> list[dict]:
-    """Every file's records, a method and cell that several files hold kept once.
+def merged_records(docs: Sequence[dict]) -> tuple[list[dict], dict[str, int]]:
+    """Every file's records, a method and cell that several files hold kept once; and per method,
+    how many of its rows were in more than one file (reruns, equal to the last test clip).
 
     Raises:
         InvalidInputError: a method and cell in two files with different results (another world
@@ -191,9 +206,10 @@ def merged_records(docs: Sequence[dict]) -> list[dict]:
     """
     out: list[dict] = []
     seen: dict[tuple, tuple[dict, str]] = {}
+    repeated: dict[tuple, None] = {}  # in the order first repeated, for a stable report
     for doc in docs:
         for record in doc["runs"]:
-            key = (record["method"], record["dataset"], record.get("split"), record.get("world_seed", 0))
+            key = _row_key(record)
             if key in seen:
                 first, where = seen[key]
                 if _result(first) != _result(record):
@@ -203,28 +219,18 @@ def merged_records(docs: Sequence[dict]) -> list[dict]:
                         f"(HM {first.get('hm')} vs {record.get('hm')}): each world seed may be pooled once (run the "
                         "other world with --world-seed N); a file that adds rows to a world may repeat a row only "
                         "as a rerun that reproduces it")
+                repeated[key] = None
                 continue
             seen[key] = (record, doc["_path"])
             out.append(record)
-    return out
+    reproduced: dict[str, int] = {}
+    for key in repeated:
+        reproduced[key[0]] = reproduced.get(key[0], 0) + 1
+    return out, reproduced
 
 
 def _result(record: dict) -> tuple:
     return record.get("base"), record.get("novel"), record.get("hm"), record.get("correct")
-
-
-def reproduced(docs: Sequence[dict]) -> dict:
-    """Per method, how many of its records were in more than one file (and agreed to the last clip)."""
-    counts: dict[tuple, int] = {}
-    for doc in docs:
-        for r in doc["runs"]:
-            key = (r["method"], r["dataset"], r.get("split"), r.get("world_seed", 0))
-            counts[key] = counts.get(key, 0) + 1
-    out: dict[str, int] = {}
-    for key, n in counts.items():
-        if n > 1:
-            out[key[0]] = out.get(key[0], 0) + 1
-    return out
 
 
 def methods_of(docs: Sequence[dict], records: Sequence[dict]) -> tuple[list[Method], list[str]]:
@@ -245,8 +251,8 @@ def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
         ``{"protocol", "world_seeds", "methods", "paired_vs_ivlp", "hm_by_cell", "table", ...}``; the
         intervals are :func:`.reports.paired_comparison` over the concatenated records.
     """
-    check_poolable(docs)
-    every = merged_records(docs)
+    merged = check_poolable(docs)
+    every = merged.records
     methods, left_out = methods_of(docs, every)
     names = {m.name for m in methods}
     if "ivlp" not in names:
@@ -264,8 +270,8 @@ def pool(docs: Sequence[dict], *, resamples: int = 2000) -> dict:
             "sources": [d["_path"] for d in docs], "signature": signature(docs[0]),
             "methods": [m.name for m in methods], "methods_left_out": left_out, "datasets": docs[0]["datasets"],
             "splits": docs[0]["splits"], "n_cells": len(hms["ivlp"]), "paired_vs_ivlp": paired,
-            "paired_descriptions_vs_plain": with_descriptions, "reproduced": reproduced(docs),
-            "world_code_versions": code_versions(docs),
+            "paired_descriptions_vs_plain": with_descriptions, "reproduced": merged.reproduced,
+            "world_code_versions": merged.code_versions,
             "hm_by_cell": hms, "table": table, "per_file": per_file, "resamples": resamples}
 
 
