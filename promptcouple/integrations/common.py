@@ -152,8 +152,7 @@ def _refuse_other_prompt_layouts(module: BoundPromptWrapper, incompatible: Any) 
         return [k for k in keys if "prompts" in k.split(".")]
 
     missing, unexpected = prompt_keys(incompatible.missing_keys), prompt_keys(incompatible.unexpected_keys)
-    own = [k for k, _ in module.prompts.state_dict().items()]
-    if unexpected or (missing and len(missing) < len(own)):
+    if unexpected or (missing and len(missing) < len(module.prompts.state_dict())):  # all missing: host weights
         raise CheckpointError(f"this checkpoint's prompt tensors do not fit the model built (missing {missing[:4]}, "
                        f"unexpected {unexpected[:4]}); fix: build with the same prompt settings it was trained "
                        "with (PROMPTCOUPLE_CONFIG with its hard prompt for a GA2 checkpoint, none for IVLP)")
